@@ -1,0 +1,5 @@
+import sys
+
+from int8kit.cli.main import main
+
+sys.exit(main())
