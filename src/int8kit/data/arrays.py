@@ -1,0 +1,136 @@
+"""Calibration data from .npy/.npz files: first axis = samples, batched by batch_size.
+
+A .npy file feeds one input (the only input, or ``input_name``); a .npz maps its keys to input
+names. A folder of such files is read in sorted order as if concatenated; .npy files are
+memory-mapped, so a large array is not loaded whole. Pickled arrays are never loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from int8kit.data.config import DataConfig, InputSpec
+from int8kit.data.shapes import cast, check_batch, effective_shape, is_static
+from int8kit.data.source import Batch, DataSource, DataStats, batch_bounds
+from int8kit.errors import DataError
+
+ARRAY_EXTS = (".npy", ".npz")
+
+Chunk = dict[str, np.ndarray]
+
+
+def _load(path: Path) -> np.lib.npyio.NpzFile | np.ndarray:
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:  # object arrays need pickle, which is never allowed
+        raise DataError(
+            f"cannot load {path}: {exc}; save plain numeric arrays (np.save / np.savez)"
+        ) from exc
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+
+
+def load_chunk(path: Path, inputs: list[InputSpec], input_name: str | None) -> Chunk:
+    """{input name: array with samples on axis 0} from one .npy or .npz file."""
+    names = [s.name for s in inputs]
+    data = _load(path)
+    if isinstance(data, np.ndarray):
+        if input_name is None and len(inputs) != 1:
+            raise DataError(
+                f"{path} is a single array but the model has {len(inputs)} inputs "
+                f"({', '.join(names)}); save a .npz with one key per input, or set input_name"
+            )
+        target = input_name or names[0]
+        if target not in names:
+            raise DataError(f"input_name {target!r} is not a model input ({', '.join(names)})")
+        return {target: data}
+    with data:
+        keys = list(data.files)
+        chunk = {}
+        for name in names:
+            if name not in keys:
+                raise DataError(
+                    f"{path} has no array for input '{name}': it holds "
+                    f"{', '.join(keys) or 'nothing'}, the model expects {', '.join(names)}; "
+                    "name each .npz key after a model input"
+                )
+            chunk[name] = data[name]
+    lengths = {k: len(v) for k, v in chunk.items() if v.ndim}
+    if len(set(lengths.values())) > 1 or len(lengths) != len(chunk):
+        raise DataError(
+            f"{path}: every array needs the same number of samples on axis 0, got "
+            f"{ {k: tuple(v.shape) for k, v in chunk.items()} }"
+        )
+    return chunk
+
+
+class ArraySource(DataSource):
+    """Batches drawn from in-order ``chunks`` over the global sample range [start, stop)."""
+
+    def __init__(
+        self,
+        chunks: list[Chunk],
+        config: DataConfig,
+        inputs: list[InputSpec],
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        description: str = "",
+    ) -> None:
+        self.chunks = chunks
+        self.config = config
+        self.names = list(chunks[0])
+        specs = {s.name: s for s in inputs}
+        self.shapes = {n: effective_shape(specs[n], config) for n in self.names}
+        self.dtypes = {n: config.preprocess.dtype or specs[n].dtype for n in self.names}
+        self.stats = DataStats()
+        self.description = description
+        self.offsets = np.cumsum([0] + [len(next(iter(c.values()))) for c in chunks])
+        total = int(self.offsets[-1])
+        stop = total if stop is None else min(stop, total)
+        if config.num_samples:
+            stop = min(stop, start + config.num_samples)
+        self.start, self.stop = start, stop
+        fixed = {s[0] for s in self.shapes.values() if s and is_static(s[0])}
+        if fixed and fixed != {config.batch_size}:
+            raise DataError(
+                f"the model fixes the batch dim at {sorted(fixed)}; set batch_size to match "
+                f"(it is {config.batch_size})"
+            )
+        self.drop_last = bool(fixed)
+        self._bounds = batch_bounds(stop - start, config.batch_size, self.drop_last)
+
+    def __len__(self) -> int:
+        return len(self._bounds)
+
+    @property
+    def num_samples(self) -> int:
+        return self._bounds[-1][1] if self._bounds else 0
+
+    def _take(self, name: str, lo: int, hi: int) -> np.ndarray:
+        parts = []
+        first = int(np.searchsorted(self.offsets, lo, side="right")) - 1
+        for i in range(first, len(self.chunks)):
+            c_lo, c_hi = int(self.offsets[i]), int(self.offsets[i + 1])
+            if c_lo >= hi:
+                break
+            parts.append(self.chunks[i][name][max(lo, c_lo) - c_lo : min(hi, c_hi) - c_lo])
+        return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
+
+    def _batches(self) -> Iterator[Batch]:
+        for lo, hi in self._bounds:
+            batch = {}
+            for name in self.names:
+                arr = cast(
+                    name, self._take(name, self.start + lo, self.start + hi), self.dtypes[name]
+                )
+                check_batch(name, arr, self.shapes[name])
+                batch[name] = np.ascontiguousarray(arr)
+            yield batch
+        dropped = self.stop - self.start - self.num_samples
+        self.stats.dropped = dropped
