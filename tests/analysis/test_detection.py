@@ -32,6 +32,7 @@ def test_nms_is_class_aware():
     # another class: kept; box 3 is elsewhere: kept
     assert nms(boxes, scores, classes, iou=0.45).tolist() == [0, 2, 3]
     assert nms(boxes, scores, np.zeros(4), iou=0.45).tolist() == [0, 3]
+    assert nms(boxes, scores, classes, iou=0.45, max_out=2).tolist() == [0, 2]
 
 
 def _v8_hand():
@@ -144,6 +145,7 @@ def test_map50_matching_details():
     far = [np.array([_box(5, 5, 15, 15, 0.9)])]  # IoU 25/175 = 1/7
     assert map50(gt, far) == 0.0
     assert math.isnan(map50([np.zeros((0, 6))], [np.zeros((0, 6))]))  # no ground truth
+    assert math.isnan(map50([np.zeros((0, 6))], far))  # predictions only: nothing to score
     # class 0 AP 1.0, class 1 has GT but no predictions -> AP 0; mean 0.5
     gt2 = [np.array([_box(0, 0, 10, 10, cls=0), _box(20, 20, 30, 30, cls=1)])]
     assert map50(gt2, [np.array([_box(0, 0, 10, 10, 0.9, 0)])]) == pytest.approx(0.5)

@@ -107,28 +107,38 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def nms(
-    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float = 0.45
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    iou: float = 0.45,
+    max_out: int | None = None,
 ) -> np.ndarray:
-    """Class-aware greedy NMS; indices of the kept boxes, best score first.
+    """Class-aware greedy NMS; indices of the kept boxes, best score first, at most `max_out`.
 
     A box is dropped when its IoU with a better-scoring kept box of the same class exceeds
     `iou`. Classes are kept apart by shifting each class's boxes to its own region of the
-    plane, so one vectorised IoU row per kept box serves all classes.
+    plane, so one vectorised IoU row per kept box serves all classes. Stopping at `max_out`
+    bounds the loop when thousands of low-confidence candidates come in.
     """
-    boxes = np.asarray(boxes, dtype=np.float64)
+    boxes = _xyxy(boxes)
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
     span = float(np.max(boxes) - np.min(boxes)) + 1.0
-    shifted = boxes + (np.asarray(classes, dtype=np.float64) * span)[:, None]
+    b = boxes + (np.asarray(classes, dtype=np.float64) * span)[:, None]
+    area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
     order = np.argsort(-np.asarray(scores), kind="stable")
+    limit = len(order) if max_out is None else max_out
     keep = []
-    while order.size:
-        i = order[0]
+    while order.size and len(keep) < limit:
+        i, rest = order[0], order[1:]
         keep.append(i)
-        if order.size == 1:
-            break
-        overlap = iou_matrix(shifted[i : i + 1], shifted[order[1:]])[0]
-        order = order[1:][overlap <= iou]
+        w = np.minimum(b[i, 2], b[rest, 2]) - np.maximum(b[i, 0], b[rest, 0])
+        h = np.minimum(b[i, 3], b[rest, 3]) - np.maximum(b[i, 1], b[rest, 1])
+        inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+        union = area[i] + area[rest] - inter
+        with np.errstate(invalid="ignore", divide="ignore"):
+            overlap = np.where(union > 0, inter / union, 0.0)
+        order = rest[overlap <= iou]
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -158,7 +168,7 @@ def decode_yolo(
             top = np.argsort(-score, kind="stable")[:_MAX_NMS]
             box, score, cls = box[top], score[top], cls[top]
         xyxy = np.concatenate([box[:, :2] - box[:, 2:] / 2, box[:, :2] + box[:, 2:] / 2], axis=1)
-        keep = nms(xyxy, score, cls, iou)[:max_det]
+        keep = nms(xyxy, score, cls, iou, max_out=max_det)
         det = np.concatenate([xyxy[keep], score[keep, None], cls[keep, None]], axis=1)
         results.append(det.astype(np.float32).reshape(-1, 6))
     return results
@@ -198,6 +208,8 @@ def _match(gt: np.ndarray, pred: np.ndarray, iou_thr: float) -> np.ndarray:
         if row[j] >= iou_thr:
             taken[j] = True
             tp[order[rank]] = True
+            if taken.all():
+                break  # every later prediction is a false positive
     return tp
 
 
@@ -225,22 +237,24 @@ def map50(
             f"{len(ground_truth)} ground-truth images but {len(predictions)} prediction images; "
             "pass one array per image to both"
         )
-    gts = [_rows(g) for g in ground_truth]
-    preds = [_rows(p) for p in predictions]
-    gt_classes = np.unique(np.concatenate([g[:, 5] for g in gts])) if gts else np.zeros(0)
-    if gt_classes.size == 0:
-        return float("nan")
-    aps = []
-    for c in gt_classes:
-        n_gt, flags, scores = 0, [], []
-        for g, p in zip(gts, preds, strict=True):
+    # Group once by (class, image) so the cost follows the detections, not classes x images.
+    n_gt: dict[float, int] = {}
+    flags: dict[float, list[np.ndarray]] = {}
+    scores: dict[float, list[np.ndarray]] = {}
+    for g, p in zip(ground_truth, predictions, strict=True):
+        g, p = _rows(g), _rows(p)
+        for c in np.unique(np.concatenate([g[:, 5], p[:, 5]])):
             g_c, p_c = g[g[:, 5] == c], p[p[:, 5] == c]
-            n_gt += len(g_c)
-            flags.append(_match(g_c, p_c, iou_thr))
-            scores.append(p_c[:, 4])
-        tp, sc = np.concatenate(flags), np.concatenate(scores)
-        aps.append(_average_precision(tp, sc, n_gt) if tp.size else 0.0)
-    return float(np.mean(aps))
+            n_gt[c] = n_gt.get(c, 0) + len(g_c)
+            flags.setdefault(c, []).append(_match(g_c, p_c, iou_thr))
+            scores.setdefault(c, []).append(p_c[:, 4])
+    aps = []
+    for c, count in n_gt.items():
+        if count == 0:
+            continue  # class only predicted, never in the ground truth
+        tp, sc = np.concatenate(flags[c]), np.concatenate(scores[c])
+        aps.append(_average_precision(tp, sc, count) if tp.size else 0.0)
+    return float(np.mean(aps)) if aps else float("nan")
 
 
 class DetectionStats:
