@@ -44,3 +44,15 @@ def test_progress_is_passthrough_when_disabled(monkeypatch):
     monkeypatch.setenv("INT8KIT_NO_PROGRESS", "1")
     it = progress([1, 2, 3], total=3, desc="x")
     assert list(it) == [1, 2, 3] and not hasattr(it, "n")
+
+
+def test_import_needs_numpy_only():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, int8kit.data; "
+        "print([m for m in ('cv2', 'tqdm', 'skimage', 'onnxruntime') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

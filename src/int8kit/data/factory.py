@@ -106,8 +106,18 @@ def split(
         if total <= holdout:
             raise _too_few(total, holdout, "batches", config.source)
         return (
-            ScriptSource(config, inputs, select=(0, total - holdout), description="calibration"),
-            ScriptSource(config, inputs, select=(total - holdout, None), description="held-out"),
+            ScriptSource(
+                config,
+                inputs,
+                select=(0, total - holdout),
+                description=f"{config.source} (calibration)",
+            ),
+            ScriptSource(
+                config,
+                inputs,
+                select=(total - holdout, None),
+                description=f"{config.source} (held-out)",
+            ),
         )
     uncapped = dataclasses.replace(config, num_samples=None)
     if kind == "npy":
@@ -117,8 +127,12 @@ def split(
             raise _too_few(total, holdout, "samples", config.source)
         cut = total - holdout
         return (
-            ArraySource(chunks, config, inputs, stop=cut, description="calibration"),
-            ArraySource(chunks, uncapped, inputs, start=cut, description="held-out"),
+            ArraySource(
+                chunks, config, inputs, stop=cut, description=f"{config.source} (calibration)"
+            ),
+            ArraySource(
+                chunks, uncapped, inputs, start=cut, description=f"{config.source} (held-out)"
+            ),
         )
     files, keys, bad = _ordered_images(config)
     if len(files) <= holdout:
@@ -127,9 +141,19 @@ def split(
     cut = len(files) - holdout
     common = dict(skipped=bad, size_from=files[0])
     calib = ImageSource(
-        files[:cut], config, spec, keys=keys[:cut], description="calibration", **common
+        files[:cut],
+        config,
+        spec,
+        keys=keys[:cut],
+        description=f"{config.source} (calibration)",
+        **common,
     )
     held = ImageSource(
-        files[cut:], uncapped, spec, keys=keys[cut:], description="held-out", **common
+        files[cut:],
+        uncapped,
+        spec,
+        keys=keys[cut:],
+        description=f"{config.source} (held-out)",
+        **common,
     )
     return calib, held
