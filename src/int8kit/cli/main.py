@@ -15,6 +15,7 @@ SUBCOMMANDS = [
     "int8kit.cli.quantize",
     "int8kit.cli.calibrate",
     "int8kit.cli.cache",
+    "int8kit.cli.build",
 ]
 
 

@@ -91,7 +91,7 @@ def explicit_mode(version: TrtVersion, strongly_typed: bool | None) -> str:
     return "flag" if strongly_typed else "weak"
 
 
-def _explicit_fp16(mode: str, fp16: bool | None, version: TrtVersion) -> bool:
+def explicit_fp16(mode: str, fp16: bool | None, version: TrtVersion) -> bool:
     if mode == "weak":
         return True if fp16 is None else fp16
     if fp16:
@@ -122,8 +122,29 @@ def trtexec_explicit(
         argv.append("--stronglyTyped")
     elif mode == "weak":
         argv.append("--int8")
-    if _explicit_fp16(mode, fp16, version):
+    if explicit_fp16(mode, fp16, version):
         argv.append("--fp16")
+    return argv + _common_tail(engine, version, profiles, workspace_mib, timing_cache)
+
+
+def trtexec_float(
+    onnx_path: PathLike,
+    engine: PathLike,
+    version: str | TrtVersion = DEFAULT_VERSION,
+    *,
+    profiles: Sequence[InputProfile] | None = None,
+    fp16: bool = False,
+    workspace_mib: int | None = None,
+    timing_cache: PathLike | None = None,
+) -> list[str]:
+    """trtexec for a float model (FP32, or FP16 with ``--fp16`` before 11)."""
+    version = parse_version(version)
+    if fp16 and not version.implicit_int8:
+        raise Int8kitError(
+            f"TensorRT {version} has no --fp16: convert the model to FP16 first "
+            "(strongly typed networks run in the model's own types)"
+        )
+    argv = ["trtexec", f"--onnx={os.fspath(onnx_path)}"] + (["--fp16"] if fp16 else [])
     return argv + _common_tail(engine, version, profiles, workspace_mib, timing_cache)
 
 
@@ -197,7 +218,7 @@ def polygraphy_explicit(
         argv.append("--strongly-typed")
     elif mode == "weak":
         argv.append("--int8")
-    if _explicit_fp16(mode, fp16, version):
+    if explicit_fp16(mode, fp16, version):
         argv.append("--fp16")
     return argv + _polygraphy_tail(engine, profiles, workspace_mib, timing_cache)
 
