@@ -115,7 +115,7 @@ def _calibration_source(args: argparse.Namespace, model, profiles):
     # Calibration runs at the calibration profile's opt shapes.
     shapes = {p.name: p.opt for p in profiles if p.dynamic}
     batch = next((p.opt[0] for p in profiles if p.dynamic and p.opt), 1)
-    kind = "script" if ".py" in args.calib else "auto"
+    kind = "script" if args.calib.endswith(".py") or ".py:" in args.calib else "auto"
     config = DataConfig(
         source=args.calib, kind=kind, num_samples=args.num_images, batch_size=batch, shapes=shapes
     )
