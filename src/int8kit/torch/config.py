@@ -1,0 +1,92 @@
+"""QuantConfig: what `int8kit.torch.quantize` does to a model, validated and JSON-serialisable."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from int8kit.calib.methods import METHODS
+
+# Module kinds that get quantizers; the names are the torch.nn base classes (see modules.RULES).
+OP_TYPES = (
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "Linear",
+    "MaxPool",
+    "AvgPool",
+    "AdaptiveAvgPool",
+    "QuantAdd",
+)
+
+
+@dataclass
+class QuantConfig:
+    """How to quantize a PyTorch model.
+
+    method: range method for activations (entropy | minmax | percentile | mse), the same numpy
+        functions as the ONNX path (`int8kit.calib.methods`).
+    percentile: for method="percentile".
+    num_bins: histogram bins over [0, first batch max] (more are appended as the range grows).
+    exclude: regular expressions; a module whose qualified name matches one (re.search) is left
+        in float.
+    op_types: which module kinds get quantizers (a subset of OP_TYPES).
+    per_channel: weights per output channel (True) or one amax per tensor.
+    """
+
+    method: str = "entropy"
+    percentile: float = 99.99
+    num_bins: int = 2048
+    exclude: list[str] = field(default_factory=list)
+    op_types: list[str] = field(default_factory=lambda: list(OP_TYPES))
+    per_channel: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(
+                f"QuantConfig.method {self.method!r} is unknown; choose one of {', '.join(METHODS)}"
+            )
+        if not 0.0 < float(self.percentile) <= 100.0:
+            raise ValueError(f"QuantConfig.percentile must be in (0, 100] (got {self.percentile})")
+        self.percentile = float(self.percentile)
+        if int(self.num_bins) != self.num_bins or self.num_bins < 128:
+            raise ValueError(
+                f"QuantConfig.num_bins must be an integer >= 128 (got {self.num_bins})"
+            )
+        self.num_bins = int(self.num_bins)
+        if isinstance(self.exclude, str):
+            self.exclude = [self.exclude]
+        self.exclude = list(self.exclude)
+        for pattern in self.exclude:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"QuantConfig.exclude pattern {pattern!r} is not a regular expression: {exc}"
+                ) from exc
+        self.op_types = list(self.op_types)
+        unknown = [t for t in self.op_types if t not in OP_TYPES]
+        if unknown:
+            raise ValueError(
+                f"QuantConfig.op_types {unknown} are unknown; choose from {', '.join(OP_TYPES)}"
+            )
+        self.per_channel = bool(self.per_channel)
+
+    def excluded(self, name: str) -> bool:
+        """True when the module called ``name`` matches one of the exclude patterns."""
+        return any(re.search(p, name) for p in self.exclude)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QuantConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"QuantConfig has no fields {unknown}; known: {sorted(known)}")
+        return cls(**d)

@@ -1,0 +1,130 @@
+"""Quantized modules, made by explicit swap of a module instance's class (no patching of torch.nn).
+
+`RULES` is the policy in one place: which module kinds get which quantizers. A matching module
+(also a subclass, e.g. a Conv2d with "same" padding in its own forward) gets the class
+``Quant<Name>(mixin, <its class>)`` and child quantizers ``input_quantizer`` (and
+``weight_quantizer``); its own forward still runs, with the quantized input and, for the length
+of the call, the fake-quantized weight in place of ``self.weight``.
+
+Residual adds are Python ``+`` and cannot be found by module swap: write ``self.add =
+QuantAdd()`` in the model and ``x = self.add(x, identity)`` in place of ``x = x + identity``;
+the identity input gets a quantizer, which lets TensorRT fuse the add into the conv before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from int8kit.torch.quantizer import TensorQuantizer
+
+
+@dataclass(frozen=True)
+class Rule:
+    op_type: str  # the name used in QuantConfig.op_types
+    classes: tuple[type[nn.Module], ...]
+    weight_axis: int | None  # per-channel axis of the weight; None: input quantizer only
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("Conv1d", (nn.Conv1d,), 0),
+    Rule("Conv2d", (nn.Conv2d,), 0),
+    Rule("Conv3d", (nn.Conv3d,), 0),
+    Rule("ConvTranspose1d", (nn.ConvTranspose1d,), 1),
+    Rule("ConvTranspose2d", (nn.ConvTranspose2d,), 1),
+    Rule("ConvTranspose3d", (nn.ConvTranspose3d,), 1),
+    Rule("Linear", (nn.Linear,), 0),
+    Rule("MaxPool", (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d), None),
+    Rule("AvgPool", (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d), None),
+    Rule(
+        "AdaptiveAvgPool",
+        (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d),
+        None,
+    ),
+)
+
+
+def match_rule(module: nn.Module) -> Rule | None:
+    for rule in RULES:
+        if isinstance(module, rule.classes):
+            return rule
+    return None
+
+
+class QuantAdd(nn.Module):
+    """``x + identity`` with the identity input quantized (TensorRT's residual-add pattern).
+
+    Until `quantize` configures it the quantizer is off and this is a plain add.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_quantizer = TensorQuantizer()
+        self.input_quantizer.enabled = False
+
+    def forward(self, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+        return x + self.input_quantizer(identity)
+
+
+class QuantInputMixin:
+    """Quantizes the first input, then runs the module's own forward."""
+
+    input_quantizer: TensorQuantizer
+
+    def forward(self, input, *args, **kwargs):
+        return super().forward(self.input_quantizer(input), *args, **kwargs)
+
+
+class QuantWeightMixin:
+    """Quantizes the first input and, for this call only, the weight the module's forward reads."""
+
+    input_quantizer: TensorQuantizer
+    weight_quantizer: TensorQuantizer
+
+    def forward(self, input, *args, **kwargs):
+        input = self.input_quantizer(input)
+        # An instance attribute shadows the parameter (nn.Module.__getattr__ is only the
+        # fallback), so the class's own forward — padding and all — reads the quantized weight.
+        self.__dict__["weight"] = self.weight_quantizer(self._parameters["weight"])
+        try:
+            return super().forward(input, *args, **kwargs)
+        finally:
+            del self.__dict__["weight"]
+
+
+_CLASSES: dict[tuple[type, type], type] = {}
+
+
+def quant_class(cls: type[nn.Module], mixin: type) -> type[nn.Module]:
+    """The quantized class for ``cls`` (made once per class and cached)."""
+    key = (cls, mixin)
+    if key not in _CLASSES:
+        _CLASSES[key] = type(f"Quant{cls.__name__}", (mixin, cls), {"_int8kit_base": cls})
+    return _CLASSES[key]
+
+
+def is_quantized(module: nn.Module) -> bool:
+    return isinstance(module, (QuantInputMixin, QuantWeightMixin, QuantAdd))
+
+
+def convert(module: nn.Module, rule: Rule, make_quantizer) -> None:
+    """Swap ``module``'s class for its quantized class and attach its quantizers, in place."""
+    if rule.weight_axis is None:
+        module.__class__ = quant_class(type(module), QuantInputMixin)
+    else:
+        module.__class__ = quant_class(type(module), QuantWeightMixin)
+        module.weight_quantizer = make_quantizer(rule.weight_axis, True)
+    module.input_quantizer = make_quantizer(None, False)
+
+
+def unconvert(module: nn.Module) -> None:
+    """Undo `convert`: the original class, no quantizers."""
+    base = getattr(type(module), "_int8kit_base", None)
+    if base is None:
+        return
+    for name in ("input_quantizer", "weight_quantizer"):
+        if name in module._modules:
+            del module._modules[name]
+    module.__class__ = base
