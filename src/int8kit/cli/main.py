@@ -16,6 +16,7 @@ SUBCOMMANDS = [
     "int8kit.cli.calibrate",
     "int8kit.cli.cache",
     "int8kit.cli.build",
+    "int8kit.cli.torch_cmd",
 ]
 
 

@@ -67,6 +67,7 @@ def _export(model, example_input, path: Path, opset: int, dynamic_batch: bool) -
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding")
         torch.onnx.export(
             model,
             inputs,
@@ -78,6 +79,33 @@ def _export(model, example_input, path: Path, opset: int, dynamic_batch: bool) -
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
+        onnx = require("onnx", "ONNX export")
+        model = onnx.load(str(tmp))
+        if _bypass_constant_identities(model):
+            onnx.save(model, str(tmp))
+
+
+def _bypass_constant_identities(model) -> int:
+    """The exporter deduplicates equal initializers through Identity nodes; point their
+    consumers at the initializer so every Q/DQ scale is a plain constant (TensorRT wants that)."""
+    inits = {i.name for i in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    alias = {}
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            alias[node.output[0]] = node.input[0]
+        else:
+            keep.append(node)
+    if not alias:
+        return 0
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return len(alias)
 
 
 def _quantizer_tensor_names(onnx_model) -> dict[str, str]:

@@ -1,0 +1,122 @@
+"""`int8kit torch quantize pkg.module:factory --weights w.pth --calib images/ -o m.int8.onnx`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from int8kit.errors import Int8kitError, ModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "torch", help="quantize a PyTorch model (PTQ, QAT) to a Q/DQ ONNX model"
+    )
+    sub = parser.add_subparsers(dest="torch_command", metavar="COMMAND")
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+    q = sub.add_parser(
+        "quantize",
+        help="calibrate (and optionally fine-tune) a model and export Q/DQ ONNX",
+        description="Build the model with FACTORY (pkg.module:function; imported because you "
+        "named it), load --weights with torch.load(weights_only=True), calibrate on --calib "
+        "images, optionally fine-tune by distillation, and write the Q/DQ ONNX, the FP32 ONNX, "
+        "a TensorRT calibration cache and ranges.json.",
+    )
+    q.add_argument("factory", help="pkg.module:function returning an nn.Module")
+    q.add_argument("--weights", help="state dict file (.pth/.pt), loaded with weights_only=True")
+    q.add_argument("--calib", required=True, help="folder of calibration images")
+    q.add_argument("-o", "--output", required=True, help="Q/DQ ONNX path, e.g. model.int8.onnx")
+    q.add_argument("--method", default="entropy", help="entropy | minmax | percentile | mse")
+    q.add_argument("--percentile", type=float, default=99.99)
+    q.add_argument("--exclude", action="append", default=[], help="module-name regex (repeat)")
+    q.add_argument("--input-shape", default="1x3x224x224", help="NxCxHxW (default 1x3x224x224)")
+    q.add_argument("--num-samples", type=int, default=256, help="calibration images to use")
+    q.add_argument("--batch-size", type=int, default=16)
+    q.add_argument("--qat-epochs", type=int, default=0, help="distillation epochs (default 0)")
+    q.add_argument("--lr", type=float, default=1e-5, help="fine-tuning learning rate")
+    q.add_argument("--recipe", default="center-crop", help="image preprocessing recipe")
+    q.add_argument("--mean", default=",".join(map(str, IMAGENET_MEAN)))
+    q.add_argument("--std", default=",".join(map(str, IMAGENET_STD)))
+    q.add_argument("--opset", type=int, default=17)
+    q.set_defaults(func=run)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise Int8kitError(f"--input-shape {text!r} must be NxCxHxW, e.g. 1x3x224x224")
+    return shape
+
+
+def load_factory(spec: str):
+    module_name, sep, func_name = spec.partition(":")
+    if not sep or not module_name or not func_name:
+        raise ModelError(f"model factory {spec!r} must be 'pkg.module:function'")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelError(f"cannot import {module_name!r} for the model factory: {exc}") from exc
+    factory = getattr(module, func_name, None)
+    if not callable(factory):
+        raise ModelError(f"{module_name} has no callable {func_name!r}")
+    return factory
+
+
+def run(args: argparse.Namespace) -> int:
+    from int8kit._deps import require
+
+    torch = require("torch", "int8kit torch")
+    from int8kit.data import DataConfig, InputSpec, PreprocessConfig, make_source
+    from int8kit.torch import QuantConfig
+    from int8kit.torch.workflow import load_weights, quantize_to_onnx
+
+    shape = parse_shape(args.input_shape)
+    try:
+        config = QuantConfig(method=args.method, percentile=args.percentile, exclude=args.exclude)
+        pre = PreprocessConfig(
+            recipe=args.recipe,
+            size=shape[2:],
+            mean=tuple(float(v) for v in args.mean.split(",")),
+            std=tuple(float(v) for v in args.std.split(",")),
+        )
+    except ValueError as exc:
+        raise Int8kitError(str(exc)) from exc
+    model = load_factory(args.factory)()
+    if args.weights:
+        load_weights(model, args.weights)
+    data = DataConfig(
+        source=args.calib, num_samples=args.num_samples, batch_size=args.batch_size, preprocess=pre
+    )
+    source = make_source(data, [InputSpec("input", (None, *shape[1:]))])
+
+    def batches():
+        return (torch.from_numpy(b["input"]) for b in source)
+
+    summary = quantize_to_onnx(
+        model,
+        batches,
+        torch.zeros(shape),
+        args.output,
+        config=config,
+        qat_epochs=args.qat_epochs,
+        lr=args.lr,
+        opset=args.opset,
+    )
+    for kind, path in summary["outputs"].items():
+        print(f"{kind:8s} {path}")
+    if "qat" in summary:
+        qat = summary["qat"]
+        print(
+            f"qat      {qat['steps']} steps, loss {qat['loss_first']:.4g} -> {qat['loss_last']:.4g}"
+        )
+    return 0

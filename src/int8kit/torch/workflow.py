@@ -1,0 +1,81 @@
+"""The whole PyTorch path in one call (what `int8kit torch quantize` runs): load weights safely,
+calibrate, optionally fine-tune with distillation, export Q/DQ ONNX and its side files."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from int8kit.errors import ModelError
+from int8kit.fileio import write_json
+from int8kit.torch.config import QuantConfig
+from int8kit.torch.export import export_onnx, output_paths
+from int8kit.torch.qat import finetune, prepare_qat
+from int8kit.torch.quantize import quantize, set_mode
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a state dict with ``torch.load(weights_only=True)``: tensors and plain containers
+    only, so a file that pickles arbitrary objects (code) is refused, never run."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise ModelError(f"weights file {path} does not exist") from exc
+    except Exception as exc:  # UnpicklingError and friends: not a plain state dict
+        raise ModelError(
+            f"{path} is not a plain state dict that torch.load(weights_only=True) accepts "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); save it with "
+            "torch.save(model.state_dict(), path)"
+        ) from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ModelError(f"{path} holds a {type(state).__name__}, not a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"{path} does not fit the model: {exc}") from exc
+    return model
+
+
+def quantize_to_onnx(
+    model: nn.Module,
+    batches: Callable[[], Iterable[torch.Tensor]],
+    example_input: torch.Tensor,
+    output: str | os.PathLike,
+    config: QuantConfig | None = None,
+    qat_epochs: int = 0,
+    lr: float = 1e-5,
+    opset: int = 17,
+) -> dict:
+    """Calibrate ``model`` on ``batches()``; with ``qat_epochs`` fold BN and fine-tune by
+    distillation from the FP32 model over the same batches; export. Returns a summary that is
+    also written next to the outputs as ``<stem>.torch.json``."""
+    config = config or QuantConfig()
+    model.eval()
+    teacher = copy.deepcopy(model) if qat_epochs else None
+    t0 = time.perf_counter()
+    quantize(model, config, forward_loop=lambda m: [m(x) for x in batches()])
+    summary: dict = {"config": config.to_dict(), "calibration_s": time.perf_counter() - t0}
+    if qat_epochs:
+        prepare_qat(model, fold_bn=True)
+        data = list(batches()) if qat_epochs else []
+        t0 = time.perf_counter()
+        summary["qat"] = finetune(model, data, steps=qat_epochs * len(data), lr=lr, teacher=teacher)
+        summary["qat"]["epochs"] = qat_epochs
+        summary["qat_s"] = time.perf_counter() - t0
+    set_mode(model, "quantize")
+    summary["outputs"] = export_onnx(model, example_input, output, opset=opset)
+    side = output_paths(output)["ranges"].with_name(
+        output_paths(output)["ranges"].name.replace(".ranges.json", ".torch.json")
+    )
+    write_json(side, summary)
+    summary["outputs"]["summary"] = str(side)
+    return summary
