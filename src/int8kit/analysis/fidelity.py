@@ -1,0 +1,83 @@
+"""FP32 vs INT8 on the same data: per-output fidelity, streamed over batches.
+
+"As TensorRT computes it" is the Q/DQ graph run unfused (ONNX Runtime with graph optimizations
+off: quantize, round, clamp, dequantize in float). ONNX Runtime's own fused integer kernels can
+differ (u8s8 saturation on CPUs without VNNI) and are reported beside it, labelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from int8kit.analysis.detection import DetectionStats
+from int8kit.analysis.metrics import ClassifyStats, OutputStats
+
+TASKS = ("auto", "raw", "classify", "detect")
+BACKENDS = {"trt-like": False, "ort-int8": True}  # label -> run the INT8 model with ORT fusions
+
+
+def guess_task(output: np.ndarray) -> str:
+    """'detect' for a YOLO-style (N, 4+nc, A) or (N, A, 5+nc) tensor, 'classify' for (N, C)
+    logits, else 'raw'."""
+    shape = output.shape
+    if len(shape) == 3 and min(shape[1:]) >= 5 and max(shape[1:]) >= 8 * min(shape[1:]):
+        return "detect"
+    if len(shape) == 2 and shape[1] >= 10 or (len(shape) == 4 and shape[2:] == (1, 1)):
+        return "classify"
+    return "raw"
+
+
+def _stats_for(task: str, layout: str):
+    if task == "detect":
+        return DetectionStats(layout=layout)
+    if task == "classify":
+        return ClassifyStats()
+    return None
+
+
+def compare_models(
+    fp32_session,
+    int8_sessions: dict[str, object],
+    batches: Iterable[dict[str, np.ndarray]],
+    task: str = "auto",
+    layout: str = "auto",
+) -> dict[str, dict[str, dict]]:
+    """{backend label: {output name: metrics}} over all batches.
+
+    Every output gets SQNR/cosine/abs errors; a detector output also box/score SQNR and mAP@0.5
+    against the FP32 detections; a classifier output top-1/top-5 agreement.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    names = [o.name for o in fp32_session.get_outputs()]
+    inputs = {i.name for i in fp32_session.get_inputs()}
+    raw = {b: {n: OutputStats() for n in names} for b in int8_sessions}
+    extra: dict[str, dict[str, object]] = {b: {} for b in int8_sessions}
+    tasks: dict[str, str] = {}
+    for batch in batches:
+        feed = {k: v for k, v in batch.items() if k in inputs}
+        ref = dict(zip(names, fp32_session.run(names, feed), strict=True))
+        for backend, session in int8_sessions.items():
+            test = dict(zip(names, session.run(names, feed), strict=True))
+            for n in names:
+                raw[backend][n].update(ref[n], test[n])
+                t = tasks.setdefault(n, guess_task(ref[n]) if task == "auto" else task)
+                stats = extra[backend].get(n)
+                if stats is None:
+                    stats = _stats_for(t, layout)
+                    if stats is None:
+                        continue
+                    extra[backend][n] = stats
+                stats.update(ref[n], test[n])
+    out: dict[str, dict[str, dict]] = {}
+    for backend in int8_sessions:
+        out[backend] = {}
+        for n in names:
+            r = raw[backend][n].result()
+            r["task"] = tasks.get(n, "raw")
+            if n in extra[backend]:
+                r.update(extra[backend][n].result())
+            out[backend][n] = r
+    return out

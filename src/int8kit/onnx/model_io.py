@@ -1,0 +1,120 @@
+"""Load and save ONNX models safely: external data stays inside the model's folder, outputs are
+written atomically, models over 2 GB keep their weights as external data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from int8kit._deps import require
+from int8kit.errors import ModelError
+
+_PROTOBUF_LIMIT = 2**31 - 1
+_ONNX_TO_NUMPY = {
+    1: "float32",
+    10: "float16",
+    11: "float64",
+    16: "bfloat16",
+    2: "uint8",
+    3: "int8",
+    6: "int32",
+    7: "int64",
+    9: "bool",
+}
+
+
+def _check_external_data(model, base_dir: Path) -> None:
+    """Refuse external-data locations that escape the model's folder."""
+    onnx = require("onnx")
+    root = base_dir.resolve()
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if os.path.isabs(location) or not target.is_relative_to(root):
+            raise ModelError(
+                f"tensor {tensor.name!r} points its external data at {location!r}, outside the "
+                f"model's folder {root}; refusing to read it. Move the data file next to the model."
+            )
+        if not target.is_file():
+            raise ModelError(f"external data file {target} of tensor {tensor.name!r} is missing")
+
+
+def load_model(path: str | os.PathLike, load_weights: bool = True):
+    """Load an ONNX model (with external data checked and loaded from its own folder)."""
+    onnx = require("onnx", "ONNX models")
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise ModelError(f"{path} is not a readable ONNX model: {exc}") from exc
+    _check_external_data(model, path.parent)
+    if load_weights:
+        onnx.load_external_data_for_model(model, os.fspath(path.parent))
+    return model
+
+
+def save_model(model, path: str | os.PathLike) -> None:
+    """Write ``model`` to ``path`` atomically; weights go to ``<name>.data`` beside it when the
+    model is too large for one protobuf (2 GB)."""
+    onnx = require("onnx", "ONNX models")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    large = model.ByteSize() > _PROTOBUF_LIMIT
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tmp = tmpdir / path.name
+        if large:
+            data_name = path.name + ".data"
+            onnx.save_model(
+                model,
+                os.fspath(tmp),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
+            )
+            os.replace(tmpdir / data_name, path.parent / data_name)
+        else:
+            onnx.save_model(model, os.fspath(tmp))
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def model_bytes_or_path(model, workdir: Path) -> bytes | str:
+    """What onnxruntime.InferenceSession accepts: bytes, or a saved path for models over 2 GB."""
+    if model.ByteSize() <= _PROTOBUF_LIMIT:
+        return model.SerializeToString()
+    path = workdir / "model.onnx"
+    save_model(model, path)
+    return os.fspath(path)
+
+
+def input_specs(model) -> list:
+    """The model's real inputs (initializers excluded) as int8kit.data.InputSpec."""
+    from int8kit.data import InputSpec
+
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+        )
+        specs.append(InputSpec(vi.name, dims, _ONNX_TO_NUMPY.get(tt.elem_type, "float32")))
+    return specs
+
+
+def initializer_arrays(model) -> dict[str, np.ndarray]:
+    onnx = require("onnx")
+    return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}

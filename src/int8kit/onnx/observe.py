@@ -1,0 +1,119 @@
+"""Run an FP32 ONNX model on ONNX Runtime with its activation tensors exposed, and stream each
+one into its own collector. Memory depends on one batch's activations, never on the data size."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from int8kit._deps import require
+from int8kit.onnx.model_io import model_bytes_or_path
+
+log = logging.getLogger(__name__)
+
+_FLOAT_TYPES = {1, 10, 11, 16}  # float, float16, double, bfloat16
+
+
+def activation_tensors(model) -> list[str]:
+    """Every floating-point activation: graph inputs and node outputs (not constants), in graph
+    order. Types come from shape inference; a tensor of unknown type is kept and filtered by the
+    dtype ONNX Runtime returns."""
+    onnx = require("onnx")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception as exc:  # inference is a help, not a requirement
+        log.debug("shape inference failed: %s", exc)
+        inferred = model
+    g = inferred.graph
+    elem = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in list(g.value_info) + list(g.input) + list(g.output)
+    }
+    inits = {i.name for i in model.graph.initializer}
+    names: list[str] = []
+    seen: set[str] = set()
+
+    def add(name: str) -> None:
+        if name and name not in seen and name not in inits and elem.get(name, 1) in _FLOAT_TYPES:
+            seen.add(name)
+            names.append(name)
+
+    for vi in model.graph.input:
+        add(vi.name)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            continue
+        for o in node.output:
+            add(o)
+    return names
+
+
+def expose(model, names: list[str]):
+    """A copy of ``model`` whose graph outputs are ``names`` (in that order)."""
+    onnx = require("onnx")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    existing = {o.name: o for o in out.graph.output}
+    del out.graph.output[:]
+    for name in names:
+        out.graph.output.append(existing.get(name) or onnx.ValueInfoProto(name=name))
+    return out
+
+
+def make_session(
+    model, providers: list[str] | None = None, optimize: bool = True, threads: int = 0
+):
+    """An onnxruntime session of an in-memory model. ``optimize=False`` runs every node as it
+    is, which for a Q/DQ model is exactly "quantize, round, clamp, dequantize in float" — what
+    TensorRT computes (DESIGN.md, fidelity)."""
+    ort = require("onnxruntime", "running ONNX models")
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    with tempfile.TemporaryDirectory() as tmp:
+        return ort.InferenceSession(
+            model_bytes_or_path(model, Path(tmp)),
+            so,
+            providers=providers or ["CPUExecutionProvider"],
+        )
+
+
+def run_exposed(
+    model,
+    names: list[str],
+    batches: Iterable[dict[str, np.ndarray]],
+    providers: list[str] | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield ``{tensor: array}`` for each batch (only floating-point arrays)."""
+    session = make_session(expose(model, names), providers)
+    inputs = {i.name for i in session.get_inputs()}
+    for batch in batches:
+        feed = {k: v for k, v in batch.items() if k in inputs}
+        values = session.run(names, feed)
+        yield {n: v for n, v in zip(names, values, strict=True) if v.dtype.kind == "f"}
+
+
+def observe(
+    model,
+    batches: Iterable[dict[str, np.ndarray]],
+    make_collector: Callable[[], object],
+    names: list[str] | None = None,
+    providers: list[str] | None = None,
+) -> dict[str, object]:
+    """Stream every batch through the model and feed each exposed tensor to its collector."""
+    names = names if names is not None else activation_tensors(model)
+    collectors: dict[str, object] = {}
+    for values in run_exposed(model, names, batches, providers):
+        for name, value in values.items():
+            c = collectors.get(name)
+            if c is None:
+                c = collectors[name] = make_collector()
+            c.collect(value)
+    return {n: collectors[n] for n in names if n in collectors}

@@ -1,0 +1,193 @@
+"""Apply the placement rules (rules.py) to a graph: which tensors get a Q/DQ, on which edges."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from int8kit.errors import ModelError
+from int8kit.onnx import rules as R
+
+
+@dataclass
+class PlacementConfig:
+    """Which ops are quantized. ``op_types`` None means the default rules (rules.RULES)."""
+
+    op_types: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)  # regexes matched against node names
+
+    def __post_init__(self):
+        for pattern in self.exclude:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"--exclude {pattern!r} is not a valid regular expression: {exc}"
+                ) from exc
+        if self.op_types is not None:
+            unknown = [t for t in self.op_types if R.rule_for(t) is None or t in R.NEVER]
+            if unknown:
+                raise ValueError(
+                    f"cannot quantize op types {unknown}; choose from "
+                    f"{', '.join(R.DEFAULT_OP_TYPES + R.OPTIONAL_OP_TYPES)}"
+                )
+
+    def to_dict(self) -> dict:
+        return {"op_types": self.op_types, "exclude": list(self.exclude)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PlacementConfig:
+        return cls(op_types=d.get("op_types"), exclude=list(d.get("exclude", [])))
+
+
+@dataclass
+class WeightQ:
+    initializer: str
+    axis: int
+
+
+@dataclass
+class Placement:
+    """Activation tensors to quantize, each with the (node, input index) edges that read the
+    dequantized value, and constant weights to quantize per channel."""
+
+    activations: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    weights: dict[tuple[str, int], WeightQ] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)  # tensor -> why (first rule that hit)
+
+
+class GraphIndex:
+    """Producers, consumers and constants of a graph's top level."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.nodes = list(graph.node)
+        self.producer = {o: n for n in self.nodes for o in n.output if o}
+        self.consumers: dict[str, list[tuple[object, int]]] = defaultdict(list)
+        for n in self.nodes:
+            for i, name in enumerate(n.input):
+                if name:
+                    self.consumers[name].append((n, i))
+        self.initializers = {i.name: i for i in graph.initializer}
+        self.constants = set(self.initializers) | {
+            o for n in self.nodes if n.op_type == "Constant" for o in n.output
+        }
+        self.outputs = {o.name for o in graph.output}
+        self.position = {n.name or id(n): k for k, n in enumerate(self.nodes)}
+
+    def is_constant(self, name: str) -> bool:
+        return name in self.constants
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _conv_chain(index: GraphIndex, tensor: str, depth: int = 4) -> bool:
+    """True when ``tensor`` is a Conv/Gemm/MatMul output, possibly through BN and activations
+    (SiLU as x*sigmoid(x) included): the main branch of a residual Add."""
+    for _ in range(depth):
+        node = index.producer.get(tensor)
+        if node is None:
+            return False
+        if node.op_type in R.COMPUTE_OPS:
+            return True
+        if node.op_type == "Mul" and len(node.input) == 2:
+            a, b = node.input
+            pa, pb = index.producer.get(a), index.producer.get(b)
+            if pb is not None and pb.op_type == "Sigmoid" and pb.input[0] == a:
+                tensor = a
+                continue
+            if pa is not None and pa.op_type == "Sigmoid" and pa.input[0] == b:
+                tensor = b
+                continue
+            return False
+        if node.op_type in R.CONV_EPILOGUE:
+            tensor = node.input[0]
+            continue
+        return False
+    return False
+
+
+def residual_identity_input(index: GraphIndex, node) -> int | None:
+    """For an Add of two activations where one is a conv chain's output, the other input's index.
+    When both are conv chains, input 1 is taken as the identity (``out + identity``)."""
+    if node.op_type != "Add" or len(node.input) != 2:
+        return None
+    a, b = node.input
+    if index.is_constant(a) or index.is_constant(b):
+        return None
+    ca, cb = _conv_chain(index, a), _conv_chain(index, b)
+    if ca and cb:
+        return 1
+    if ca:
+        return 1
+    if cb:
+        return 0
+    return None
+
+
+def plan(model, config: PlacementConfig | None = None) -> Placement:
+    """Decide every Q/DQ of ``model`` by the rules; nothing is changed yet."""
+    config = config or PlacementConfig()
+    index = GraphIndex(model.graph)
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in index.nodes):
+        raise ModelError(
+            "the model already has QuantizeLinear/DequantizeLinear nodes; pass the FP32 model"
+        )
+    op_types = set(config.op_types if config.op_types is not None else R.DEFAULT_OP_TYPES)
+    excluded = [re.compile(p) for p in config.exclude]
+    placement = Placement()
+
+    def add_activation(tensor: str, node, i: int, why: str) -> None:
+        if index.is_constant(tensor) or not tensor:
+            return
+        placement.activations.setdefault(tensor, []).append((node.name, i))
+        placement.reasons.setdefault(tensor, why)
+
+    for node in index.nodes:
+        if node.op_type not in op_types or any(p.search(node.name) for p in excluded):
+            continue
+        rule = R.rule_for(node.op_type)
+        if rule is None:
+            continue
+        if node.op_type == "Add" and rule in R.RULES:
+            k = residual_identity_input(index, node)
+            if k is not None:
+                add_activation(node.input[k], node, k, "identity branch of a residual Add")
+            continue
+        indices = rule.activations if rule in R.RULES else range(len(node.input))
+        for i in indices:
+            if i >= len(node.input):
+                continue
+            name = node.input[i]
+            if i == rule.weight and name in index.initializers:
+                dims = index.initializers[name].dims
+                axis = R.weight_axis(node.op_type, len(dims), _attrs(node))
+                placement.weights[(node.name, i)] = WeightQ(name, axis)
+            else:
+                add_activation(name, node, i, f"input {i} of {node.op_type}")
+        if rule.weight is not None and rule.weight not in rule.activations:
+            i = rule.weight
+            if i < len(node.input) and node.input[i] in index.initializers:
+                dims = index.initializers[node.input[i]].dims
+                placement.weights[(node.name, i)] = WeightQ(
+                    node.input[i], R.weight_axis(node.op_type, len(dims), _attrs(node))
+                )
+    return placement
+
+
+def node_names_unique(model) -> None:
+    """Give every unnamed node a stable name: placement and --exclude address nodes by name."""
+    seen: dict[str, int] = {}
+    for k, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{k}"
+        if node.name in seen:
+            seen[node.name] += 1
+            node.name = f"{node.name}__{seen[node.name]}"
+        else:
+            seen[node.name] = 0

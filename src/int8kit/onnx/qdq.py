@@ -1,0 +1,141 @@
+"""Insert QuantizeLinear/DequantizeLinear pairs into an FP32 ONNX model, as a placement says.
+
+Activations: one Q->DQ pair per tensor (per-tensor scale = amax/127, int8 zero point 0), shared by
+every edge the placement names. Weights: stored as int8 with a per-channel DequantizeLinear
+(scale = max|w|/127 along the output-channel axis), the form TensorRT and ONNX Runtime both load.
+Biases stay float. The input model object is copied, never modified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from int8kit._deps import require
+from int8kit.calib.collector import safe_amax
+from int8kit.calib.methods import weight_amax
+from int8kit.onnx.placement import Placement
+
+MIN_OPSET = 13  # per-axis DequantizeLinear
+
+
+@dataclass
+class QDQSummary:
+    activations: int = 0
+    weights: int = 0
+    skipped_without_range: list[str] | None = None
+
+
+def _ensure_opset(model):
+    require("onnx")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= MIN_OPSET:
+        return model
+    from onnx import version_converter
+
+    if not opset:
+        return model
+    return version_converter.convert_version(model, MIN_OPSET)
+
+
+def insert_qdq(model, placement: Placement, amax: dict[str, float]):
+    """Return a copy of ``model`` with Q/DQ inserted; tensors without an amax are left float."""
+    onnx = require("onnx", "writing Q/DQ models")
+    from onnx import helper, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out = _ensure_opset(out)
+    graph = out.graph
+    summary = QDQSummary(skipped_without_range=[])
+    inits = {i.name: i for i in graph.initializer}
+    new_inits: list = []
+    qdq_after: dict[str, list] = {}  # producer tensor -> Q/DQ nodes to place after it
+    rewire: dict[tuple[str, int], str] = {}
+
+    for tensor, edges in placement.activations.items():
+        if tensor not in amax:
+            summary.skipped_without_range.append(tensor)
+            continue
+        scale = np.float32(safe_amax(amax[tensor]) / 127.0)
+        s_name, z_name = f"{tensor}_scale", f"{tensor}_zero_point"
+        q_name, dq_name = f"{tensor}_quantized", f"{tensor}_dequantized"
+        new_inits.append(numpy_helper.from_array(np.array(scale, np.float32), s_name))
+        new_inits.append(numpy_helper.from_array(np.array(0, np.int8), z_name))
+        qdq_after[tensor] = [
+            helper.make_node(
+                "QuantizeLinear",
+                [tensor, s_name, z_name],
+                [q_name],
+                name=f"{tensor}_QuantizeLinear",
+            ),
+            helper.make_node(
+                "DequantizeLinear",
+                [q_name, s_name, z_name],
+                [dq_name],
+                name=f"{tensor}_DequantizeLinear",
+            ),
+        ]
+        for edge in edges:
+            rewire[edge] = dq_name
+        summary.activations += 1
+
+    weight_nodes: list = []
+    done: dict[tuple[str, int], str] = {}
+    for edge, wq in placement.weights.items():
+        key = (wq.initializer, wq.axis)
+        if key not in done:
+            w = numpy_helper.to_array(inits[wq.initializer]).astype(np.float32)
+            axis = wq.axis % w.ndim
+            scales = np.array(
+                [safe_amax(a) for a in weight_amax(w, axis)], np.float32
+            ) / np.float32(127.0)
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            q = np.clip(np.round(w / scales.reshape(shape)), -127, 127).astype(np.int8)
+            base = f"{wq.initializer}_axis{axis}" if wq.axis != 0 else wq.initializer
+            new_inits += [
+                numpy_helper.from_array(q, f"{base}_quantized"),
+                numpy_helper.from_array(scales, f"{base}_scale"),
+                numpy_helper.from_array(np.zeros(scales.shape, np.int8), f"{base}_zero_point"),
+            ]
+            weight_nodes.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+                    [f"{base}_dequantized"],
+                    name=f"{base}_DequantizeLinear",
+                    axis=axis,
+                )
+            )
+            done[key] = f"{base}_dequantized"
+            summary.weights += 1
+        rewire[edge] = done[key]
+
+    nodes = list(graph.node)
+    for node in nodes:
+        for i in range(len(node.input)):
+            if (node.name, i) in rewire:
+                node.input[i] = rewire[(node.name, i)]
+    ordered = list(weight_nodes)
+    graph_inputs = [i.name for i in graph.input]
+    for name in graph_inputs:
+        ordered += qdq_after.pop(name, [])
+    for node in nodes:
+        ordered.append(node)
+        for o in node.output:
+            ordered += qdq_after.pop(o, [])
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+    # Drop float weights that no node reads any more.
+    used = {name for n in graph.node for name in n.input}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep + new_inits)
+    dropped = {i.name for i in inits.values()} - {i.name for i in keep}
+    stale_inputs = [vi for vi in graph.input if vi.name in dropped]
+    for vi in stale_inputs:  # old exporters list initializers as graph inputs too
+        graph.input.remove(vi)
+    return out, summary

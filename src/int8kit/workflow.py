@@ -1,0 +1,259 @@
+"""The main job: calibrate an FP32 ONNX model and write what TensorRT and ONNX Runtime read.
+
+``quantize_onnx(config)`` -> ``model.int8.onnx`` (explicit Q/DQ), ``model.int8.calib.cache``
+(TensorRT implicit INT8), ``model.int8.ranges.json`` (per-tensor amax, statistics, the config).
+``calibrate_onnx(config)`` writes only the cache and the ranges.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from int8kit.calib.cache import ALGORITHMS, DEFAULT_VERSION
+from int8kit.calib.collector import DEFAULT_BINS, HistogramCollector
+from int8kit.calib.methods import METHODS
+from int8kit.data import DataConfig
+from int8kit.errors import DataError, ModelError
+from int8kit.onnx.placement import PlacementConfig
+from int8kit.ranges import Ranges, TensorRange
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CalibConfig:
+    """How ranges are computed and how the TensorRT cache is labelled."""
+
+    method: str = "entropy"
+    percentile: float = 99.99
+    num_bins: int = DEFAULT_BINS
+    cache_version: int = DEFAULT_VERSION
+    cache_algorithm: str = "EntropyCalibration2"
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if not 0 < self.percentile <= 100:
+            raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.num_bins < 128:
+            raise ValueError(f"num_bins must be at least 128, got {self.num_bins}")
+        if self.cache_algorithm not in ALGORITHMS:
+            raise ValueError(f"cache_algorithm must be one of {ALGORITHMS}")
+        if self.cache_version <= 0:
+            raise ValueError(
+                f"cache_version must be a positive integer such as 8601, got {self.cache_version}"
+            )
+
+
+@dataclass
+class QuantizeConfig:
+    """One quantization run; serialisable, written into the ranges file so it can be repeated."""
+
+    model: str
+    output: str
+    data: DataConfig | None = None
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    holdout: int = 4  # images kept out of calibration to measure fidelity (0: none)
+    ranges: str | None = None  # reuse this ranges.json instead of calibrating
+    task: str = "auto"  # how fidelity is reported: auto | raw | classify | detect
+    write_qdq: bool = True
+
+    def __post_init__(self):
+        if self.data is None and self.ranges is None:
+            raise ValueError(
+                "give calibration data (--calib) or an existing ranges file (--ranges)"
+            )
+        if self.holdout < 0:
+            raise ValueError(f"holdout must be >= 0, got {self.holdout}")
+        if Path(self.output).resolve() == Path(self.model).resolve():
+            raise ValueError(
+                "the output path is the input model; choose another -o so the input stays as it is"
+            )
+
+    # Output paths: -o model.int8.onnx -> model.int8.calib.cache, model.int8.ranges.json
+    @property
+    def stem(self) -> Path:
+        out = Path(self.output)
+        for suffix in (".onnx", ".cache"):
+            if out.name.endswith(suffix):
+                out = out.with_name(out.name[: -len(suffix)])
+        return out
+
+    @property
+    def cache_path(self) -> Path:
+        return (
+            Path(self.output)
+            if not self.write_qdq
+            else self.stem.with_name(self.stem.name + ".calib.cache")
+        )
+
+    @property
+    def ranges_path(self) -> Path:
+        return self.stem.with_name(self.stem.name + ".ranges.json")
+
+    def to_dict(self) -> dict:
+        d = {
+            "model": os.fspath(self.model),
+            "output": os.fspath(self.output),
+            "data": self.data.to_dict() if self.data else None,
+            "calib": asdict(self.calib),
+            "placement": self.placement.to_dict(),
+            "holdout": self.holdout,
+            "ranges": self.ranges,
+            "task": self.task,
+            "write_qdq": self.write_qdq,
+        }
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantizeConfig:
+        return cls(
+            model=d["model"],
+            output=d["output"],
+            data=DataConfig.from_dict(d["data"]) if d.get("data") else None,
+            calib=CalibConfig(**d.get("calib", {})),
+            placement=PlacementConfig.from_dict(d.get("placement", {})),
+            holdout=d.get("holdout", 4),
+            ranges=d.get("ranges"),
+            task=d.get("task", "auto"),
+            write_qdq=d.get("write_qdq", True),
+        )
+
+
+@dataclass
+class QuantizeResult:
+    config: QuantizeConfig
+    outputs: dict[str, Path]
+    images_used: int = 0
+    images_skipped: int = 0
+    skipped_files: list = field(default_factory=list)
+    seconds: float = 0.0
+    calibration_seconds: float = 0.0
+    tensors_calibrated: int = 0
+    activations_quantized: int = 0
+    weights_quantized: int = 0
+    nonfinite: dict = field(default_factory=dict)
+    fidelity: dict = field(default_factory=dict)  # backend -> output -> metrics
+    holdout_images: int = 0
+
+
+def calibrate(model, batches, calib: CalibConfig, total: int | None = None) -> Ranges:
+    """Ranges of every floating-point activation of ``model`` over ``batches`` (streamed)."""
+    from int8kit.data import progress
+    from int8kit.onnx.observe import observe
+
+    keep_hist = calib.method != "minmax"
+    collectors = observe(
+        model,
+        progress(batches, total=total, desc="calibrating"),
+        lambda: HistogramCollector(calib.num_bins, keep_histogram=keep_hist),
+    )
+    if not collectors:
+        raise DataError("calibration saw no data: the data source produced no batch")
+    ranges = Ranges()
+    for name, c in collectors.items():
+        amax = c.compute_amax(calib.method, calib.percentile)
+        ranges.tensors[name] = TensorRange(amax, calib.method, c.stats.to_dict())
+    return ranges
+
+
+def _load(config: QuantizeConfig):
+    from int8kit.onnx.model_io import input_specs, load_model
+    from int8kit.onnx.placement import node_names_unique
+
+    model = load_model(config.model)
+    node_names_unique(model)
+    return model, input_specs(model)
+
+
+def _data(config: QuantizeConfig, specs):
+    from int8kit.data import make_source, split
+
+    if config.data is None:
+        return None, None
+    if config.holdout:
+        return split(config.data, specs, config.holdout)
+    return make_source(config.data, specs), None
+
+
+def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
+    """Calibrate (or reuse ranges), insert Q/DQ by the placement rules, write every output
+    atomically, and measure INT8 vs FP32 fidelity on held-out data."""
+    from int8kit.onnx.model_io import save_model
+    from int8kit.onnx.placement import plan
+    from int8kit.onnx.qdq import insert_qdq
+
+    t0 = time.perf_counter()
+    model, specs = _load(config)
+    calib_src, holdout_src = _data(config, specs)
+    result = QuantizeResult(config, outputs={})
+    if config.ranges:
+        ranges = Ranges.read(config.ranges)
+    else:
+        t1 = time.perf_counter()
+        ranges = calibrate(model, calib_src, config.calib, total=len(calib_src))
+        result.calibration_seconds = time.perf_counter() - t1
+        result.images_used = calib_src.stats.used
+        result.images_skipped = calib_src.stats.skipped
+        result.skipped_files = list(calib_src.stats.skipped_files)
+    ranges.config = config.to_dict()
+    result.tensors_calibrated = len(ranges.tensors)
+    result.nonfinite = ranges.nonfinite()
+
+    qdq_model = None
+    if config.write_qdq:
+        placement = plan(model, config.placement)
+        qdq_model, summary = insert_qdq(model, placement, ranges.amax())
+        result.activations_quantized = summary.activations
+        result.weights_quantized = summary.weights
+        _check(qdq_model)
+        save_model(qdq_model, config.output)
+        result.outputs["qdq_onnx"] = Path(config.output)
+    cache = ranges.to_cache(config.calib.cache_version, config.calib.cache_algorithm)
+    cache.write(config.cache_path)
+    result.outputs["cache"] = config.cache_path
+    ranges.write(config.ranges_path)
+    result.outputs["ranges"] = config.ranges_path
+
+    if qdq_model is not None and holdout_src is not None:
+        result.fidelity = fidelity(model, qdq_model, holdout_src, task=config.task)
+        result.holdout_images = holdout_src.stats.used
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def calibrate_onnx(config: QuantizeConfig) -> QuantizeResult:
+    """Only the calibration: the TensorRT cache at ``config.output`` and the ranges beside it."""
+    config.write_qdq = False
+    config.holdout = 0
+    return quantize_onnx(config)
+
+
+def fidelity(
+    fp32_model, int8_model, batches, task: str = "auto", backends=("trt-like", "ort-int8")
+) -> dict:
+    """INT8 vs FP32 per output, for each backend label of analysis.fidelity.BACKENDS."""
+    from int8kit.analysis.fidelity import BACKENDS, compare_models
+    from int8kit.onnx.observe import make_session
+
+    fp32 = make_session(fp32_model)
+    sessions = {b: make_session(int8_model, optimize=BACKENDS[b]) for b in backends}
+    return compare_models(fp32, sessions, batches, task=task)
+
+
+def _check(model) -> None:
+    from int8kit._deps import require
+
+    onnx = require("onnx")
+    try:
+        if model.ByteSize() < 2**31 - 1:
+            onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(
+            f"the Q/DQ model failed onnx.checker ({exc}); please report this with the model"
+        ) from exc
