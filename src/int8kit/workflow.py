@@ -140,6 +140,7 @@ class QuantizeResult:
     nonfinite: dict = field(default_factory=dict)
     fidelity: dict = field(default_factory=dict)  # backend -> output -> metrics
     holdout_images: int = 0
+    input_shapes: dict = field(default_factory=dict)  # name -> shape of the first batch seen
 
 
 def calibrate(model, batches, calib: CalibConfig, total: int | None = None) -> Ranges:
@@ -196,7 +197,12 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         ranges = Ranges.read(config.ranges)
     else:
         t1 = time.perf_counter()
-        ranges = calibrate(model, calib_src, config.calib, total=len(calib_src))
+        ranges = calibrate(
+            model,
+            _record_shapes(calib_src, result.input_shapes),
+            config.calib,
+            total=len(calib_src),
+        )
         result.calibration_seconds = time.perf_counter() - t1
         result.images_used = calib_src.stats.used
         result.images_skipped = calib_src.stats.skipped
@@ -225,6 +231,13 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         result.holdout_images = holdout_src.stats.used
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _record_shapes(batches, shapes: dict):
+    for batch in batches:
+        if not shapes:
+            shapes.update({k: tuple(v.shape) for k, v in batch.items()})
+        yield batch
 
 
 def calibrate_onnx(config: QuantizeConfig) -> QuantizeResult:

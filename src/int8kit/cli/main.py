@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:  # MissingDependencyError carries the install command
         print(f"int8kit: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("int8kit: interrupted; no output was left half-written", file=sys.stderr)
         return 130

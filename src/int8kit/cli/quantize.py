@@ -1,0 +1,219 @@
+"""`int8kit quantize MODEL --calib DATA -o OUT.onnx`: Q/DQ ONNX + TensorRT cache + ranges."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from int8kit.calib.cache import ALGORITHMS, DEFAULT_VERSION
+from int8kit.calib.methods import METHODS
+from int8kit.cli.dataargs import add_data_args, data_config
+from int8kit.errors import Int8kitError
+from int8kit.onnx.placement import PlacementConfig
+
+
+def add_calib_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("calibration")
+    g.add_argument(
+        "--method",
+        default="entropy",
+        choices=METHODS,
+        help="range method (default entropy = TensorRT EntropyCalibration2)",
+    )
+    g.add_argument("--percentile", type=float, default=99.99, help="for --method percentile")
+    g.add_argument("--num-bins", type=int, default=2048, help="histogram bins (default 2048)")
+    g.add_argument(
+        "--cache-version",
+        type=int,
+        default=DEFAULT_VERSION,
+        help=f"the N of the cache header TRT-N-... (default {DEFAULT_VERSION})",
+    )
+    g.add_argument(
+        "--cache-algorithm",
+        default=ALGORITHMS[0],
+        choices=ALGORITHMS,
+        help="cache header label; trtexec reads only EntropyCalibration2",
+    )
+    g.add_argument(
+        "--ranges",
+        metavar="RANGES.json",
+        help="reuse the ranges of an earlier run instead of calibrating",
+    )
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="calibrate an ONNX model and write Q/DQ ONNX, TensorRT cache and ranges",
+        description="Calibrate MODEL on DATA; write OUT (explicit Q/DQ ONNX), "
+        "OUT-stem.calib.cache (trtexec --calib) and OUT-stem.ranges.json, atomically.",
+    )
+    p.add_argument("model", help="FP32 ONNX model (never modified)")
+    p.add_argument("-o", "--output", required=True, help="Q/DQ ONNX to write, e.g. model.int8.onnx")
+    add_data_args(p, required=False)
+    add_calib_args(p)
+    g = p.add_argument_group("placement")
+    g.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="leave nodes whose name matches in float (repeatable)",
+    )
+    g.add_argument("--op-types", help="comma-separated op types to quantize (default: the rules)")
+    g.add_argument(
+        "--explain-rules", action="store_true", help="print the placement rules and exit"
+    )
+    g = p.add_argument_group("check")
+    g.add_argument(
+        "--holdout",
+        type=int,
+        default=4,
+        help="images kept out of calibration to measure INT8 vs FP32 (0: skip)",
+    )
+    g.add_argument("--task", default="auto", choices=["auto", "raw", "classify", "detect"])
+    g.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace, write_qdq: bool = True):
+    from int8kit.workflow import CalibConfig, QuantizeConfig
+
+    try:
+        return QuantizeConfig(
+            model=args.model,
+            output=args.output,
+            data=data_config(args),
+            calib=CalibConfig(
+                method=args.method,
+                percentile=args.percentile,
+                num_bins=args.num_bins,
+                cache_version=args.cache_version,
+                cache_algorithm=args.cache_algorithm,
+            ),
+            placement=PlacementConfig(
+                op_types=args.op_types.split(",") if getattr(args, "op_types", None) else None,
+                exclude=getattr(args, "exclude", []),
+            ),
+            holdout=getattr(args, "holdout", 0),
+            ranges=args.ranges,
+            task=getattr(args, "task", "auto"),
+            write_qdq=write_qdq,
+        )
+    except ValueError as exc:
+        raise Int8kitError(str(exc)) from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    from int8kit.workflow import quantize_onnx
+
+    if args.explain_rules:
+        from int8kit.onnx.rules import describe
+
+        print(describe())
+        return 0
+    result = quantize_onnx(build_config(args))
+    print_summary(result)
+    if args.json:
+        from int8kit.fileio import write_json
+
+        write_json(args.json, summary_dict(result))
+    return 0
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "n/a"
+        return "inf" if math.isinf(x) else f"{x:.3f}"
+    return str(x)
+
+
+def summary_dict(result) -> dict:
+    return {
+        "outputs": {k: str(v) for k, v in result.outputs.items()},
+        "images_used": result.images_used,
+        "images_skipped": result.images_skipped,
+        "skipped_files": [list(x) for x in result.skipped_files],
+        "seconds": result.seconds,
+        "calibration_seconds": result.calibration_seconds,
+        "tensors_calibrated": result.tensors_calibrated,
+        "activations_quantized": result.activations_quantized,
+        "weights_quantized": result.weights_quantized,
+        "nonfinite": result.nonfinite,
+        "holdout_images": result.holdout_images,
+        "fidelity": result.fidelity,
+        "config": result.config.to_dict(),
+    }
+
+
+def print_summary(result, out=sys.stdout) -> None:
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    cfg = result.config
+    p(f"int8kit: {cfg.model} -> INT8 ({cfg.calib.method}) in {result.seconds:.1f} s")
+    if not cfg.ranges:
+        p(
+            f"  calibration: {result.images_used} samples used, {result.images_skipped} skipped, "
+            f"{result.calibration_seconds:.1f} s"
+        )
+        for path, why in result.skipped_files[:5]:
+            p(f"    skipped {path}: {why}")
+        if len(result.skipped_files) > 5:
+            p(f"    ... and {len(result.skipped_files) - 5} more")
+    p(
+        f"  ranges: {result.tensors_calibrated} tensors; Q/DQ on {result.activations_quantized} "
+        f"activations and {result.weights_quantized} weights"
+    )
+    if result.nonfinite:
+        p(
+            f"  WARNING: {len(result.nonfinite)} tensors produced NaN/Inf (left out of the statistics):"
+        )
+        for name, (nan, inf) in list(result.nonfinite.items())[:5]:
+            p(f"    {name}: {nan} NaN, {inf} Inf")
+    for kind, path in result.outputs.items():
+        p(f"  wrote {kind:8s} {path}")
+    if result.fidelity:
+        p(f"  fidelity on {result.holdout_images} held-out samples (INT8 vs FP32):")
+        for backend, outputs in result.fidelity.items():
+            label = (
+                "as TensorRT computes (Q/DQ unfused)"
+                if backend == "trt-like"
+                else "ONNX Runtime integer kernels"
+            )
+            for name, m in outputs.items():
+                parts = [f"SQNR {_fmt(m['sqnr_db'])} dB", f"cos {_fmt(m['cosine'])}"]
+                if m.get("task") == "detect":
+                    parts += [
+                        f"box SQNR {_fmt(m['box_sqnr_db'])} dB",
+                        f"score SQNR {_fmt(m['score_sqnr_db'])} dB",
+                        f"mAP@0.5 {_fmt(m['map50'])}",
+                    ]
+                if m.get("task") == "classify":
+                    parts += [
+                        f"top-1 agree {_fmt(m['top1_agreement'])}",
+                        f"top-5 overlap {_fmt(m['topk_overlap'])}",
+                    ]
+                p(f"    {backend:9s} {name}: " + ", ".join(parts) + f"   [{label}]")
+    if "qdq_onnx" in result.outputs:
+        _print_trtexec(result, p)
+
+
+def _print_trtexec(result, p) -> None:
+    from int8kit.trt.commands import summary_commands
+    from int8kit.trt.profiles import derive_profiles
+
+    cfg = result.config
+    shapes = {n: (tuple(s),) for n, s in result.input_shapes.items()}
+    try:
+        from int8kit.onnx.model_io import load_model
+
+        profiles = derive_profiles(load_model(cfg.model, load_weights=False), shapes)
+    except Int8kitError:
+        profiles = None
+    stem = cfg.stem
+    p("  TensorRT:")
+    for label, cmd in summary_commands(
+        cfg.model, result.outputs["qdq_onnx"], result.outputs["cache"], stem, profiles
+    ):
+        p(f"    # {label}\n    {cmd}")
