@@ -14,7 +14,11 @@ from int8kit.errors import Int8kitError
 SUBCOMMANDS = [
     "int8kit.cli.quantize",
     "int8kit.cli.calibrate",
+    "int8kit.cli.eval",
+    "int8kit.cli.layers",
     "int8kit.cli.cache",
+    "int8kit.cli.lint",
+    "int8kit.cli.bench",
     "int8kit.cli.build",
     "int8kit.cli.torch_cmd",
 ]

@@ -1,0 +1,101 @@
+"""`int8kit eval FP32.onnx INT8.onnx --data DIR`: where did accuracy go, per output and backend."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from int8kit.cli.dataargs import add_data_args, data_config
+from int8kit.errors import DataError, Int8kitError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="compare an INT8 model with its FP32 model on data (SQNR, top-1, mAP@0.5)",
+        description="Run both models on the same data and report, per output: SQNR, cosine, "
+        "max/mean abs error; classifiers: top-1 agreement and top-5 overlap; YOLO detectors: "
+        "mAP@0.5 of the INT8 detections against the FP32 ones, box and score SQNR apart. "
+        "Backends: trt-like (Q/DQ unfused: what TensorRT computes) and ort-int8 "
+        "(ONNX Runtime's integer kernels).",
+    )
+    p.add_argument("fp32", help="FP32 ONNX model")
+    p.add_argument("int8", help="INT8 (Q/DQ) ONNX model made from it")
+    add_data_args(p, flag="--data", required=False)
+    p.add_argument("--task", default="auto", choices=["auto", "raw", "classify", "detect"])
+    p.add_argument(
+        "--detect-layout", default="auto", choices=["auto", "v8", "v5"], help="YOLO output layout"
+    )
+    p.add_argument(
+        "--backend",
+        action="append",
+        choices=["trt-like", "ort-int8"],
+        help="backend(s) to run the INT8 model on (default: both)",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(func=run)
+
+
+def fmt(x, digits: int = 3) -> str:
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "n/a"
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def print_eval(result: dict, out=sys.stdout) -> None:
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p(f"INT8 vs FP32 on {result['samples']} samples")
+    for backend, outputs in result["outputs"].items():
+        p(f"{backend} ({result['backends'][backend]}):")
+        for name, m in outputs.items():
+            p(
+                f"  {name} [{m.get('task', 'raw')}]: SQNR {fmt(m['sqnr_db'], 2)} dB, "
+                f"cos {fmt(m['cosine'], 5)}, max|err| {fmt(m['max_abs'], 4)}, "
+                f"mean|err| {fmt(m['mean_abs'], 5)}"
+            )
+            if m.get("task") == "classify":
+                p(
+                    f"      top-1 agreement {fmt(m['top1_agreement'])}, "
+                    f"top-{m['k']} overlap {fmt(m['topk_overlap'])}, logits SQNR "
+                    f"{fmt(m['sqnr_db'], 2)} dB"
+                )
+            if m.get("task") == "detect":
+                p(
+                    f"      mAP@0.5 {fmt(m['map50'])} (INT8 vs FP32 detections: {m['n_pred']} "
+                    f"predicted, {m['n_gt']} FP32), box SQNR {fmt(m['box_sqnr_db'], 2)} dB, "
+                    f"score SQNR {fmt(m['score_sqnr_db'], 2)} dB"
+                )
+    th = result.get("detection_thresholds")
+    if th:
+        p(
+            f"detection: FP32 boxes with score > {th['conf_fp32_ground_truth']} are the ground "
+            f"truth; INT8 boxes with score > {th['conf_int8_predictions']} are scored; NMS IoU "
+            f"{th['nms_iou']}, at most {th['max_det']} per image; a match needs IoU >= "
+            f"{th['match_iou']}"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    from int8kit.analysis.evaluate import evaluate
+
+    try:
+        data = data_config(args)
+    except ValueError as exc:
+        raise Int8kitError(str(exc)) from exc
+    if data is None:
+        raise DataError("give evaluation data with --data DIR (or --data-loader-script)")
+    backends = tuple(dict.fromkeys(args.backend or ["trt-like", "ort-int8"]))
+    result = evaluate(
+        args.fp32, args.int8, data, task=args.task, layout=args.detect_layout, backends=backends
+    )
+    print_eval(result)
+    if args.json:
+        from int8kit.fileio import write_json
+
+        write_json(args.json, result)
+    return 0
