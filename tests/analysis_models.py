@@ -1,0 +1,204 @@
+"""Tiny ONNX models for the analysis tests (lint, layers, eval, bench), built in code."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from int8kit.onnx.placement import plan
+from int8kit.onnx.qdq import insert_qdq
+
+OPSET = 17
+
+
+def _model(nodes, inputs, outputs, inits, name="tiny"):
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def _w(name, shape, seed, scale=0.3):
+    rng = np.random.default_rng(seed)
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def _x(name="x", shape=(1, 3, 8, 8)):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def _y(shape, name="y"):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def conv_relu_conv():
+    """x(1,3,8,8) -> conv1 -> relu -> conv2 -> y."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
+    ]
+    inits = [
+        _w("w1", (4, 3, 3, 3), 1),
+        numpy_helper.from_array(np.array([0.1, -0.2, 0.3, 0.0], np.float32), "b1"),
+        _w("w2", (4, 4, 3, 3), 2),
+    ]
+    return _model(nodes, [_x()], [_y((1, 4, 8, 8))], inits, "chain")
+
+
+def residual_block():
+    """x -> conv1 -> relu -> conv2 -> Add(c2, x) -> relu -> y."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "x"], ["s"], name="add"),
+        helper.make_node("Relu", ["s"], ["y"], name="relu2"),
+    ]
+    inits = [_w("w1", (3, 3, 3, 3), 3), _w("w2", (3, 3, 3, 3), 4)]
+    return _model(nodes, [_x()], [_y((1, 3, 8, 8))], inits, "residual")
+
+
+def detector_head():
+    """x -> conv_box -> sigmoid * 640 -> boxes (1,4,64); x -> conv_cls -> sigmoid -> scores (1,4,64);
+    Concat(boxes, scores) -> cat -> Identity -> y (1,8,64): the detector trap when one Q/DQ
+    covers cat."""
+    nodes = [
+        helper.make_node("Conv", ["x", "wb"], ["cb"], name="conv_box", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["cb"], ["sb"], name="sigmoid_box"),
+        helper.make_node("Mul", ["sb", "k640"], ["box4"], name="scale_box"),
+        helper.make_node("Reshape", ["box4", "shape"], ["boxes"], name="reshape_box"),
+        helper.make_node("Conv", ["x", "wc"], ["cc"], name="conv_cls", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["cc"], ["sig4"], name="sigmoid"),
+        helper.make_node("Reshape", ["sig4", "shape"], ["scores"], name="reshape_cls"),
+        helper.make_node("Concat", ["boxes", "scores"], ["cat"], name="concat", axis=1),
+        helper.make_node("Identity", ["cat"], ["y"], name="head_out"),
+    ]
+    inits = [
+        _w("wb", (4, 3, 3, 3), 5),
+        _w("wc", (4, 3, 3, 3), 6),
+        numpy_helper.from_array(np.array(640.0, np.float32), "k640"),
+        numpy_helper.from_array(np.array([1, 4, 64], np.int64), "shape"),
+    ]
+    return _model(nodes, [_x()], [_y((1, 8, 64))], inits, "head")
+
+
+def sigmoid_add():
+    """Add(sigmoid(x), x) -> y: a residual-looking Add with no conv on either side."""
+    nodes = [
+        helper.make_node("Sigmoid", ["x"], ["s"], name="sigmoid"),
+        helper.make_node("Add", ["s", "x"], ["y"], name="add"),
+    ]
+    return _model(nodes, [_x()], [_y((1, 3, 8, 8))], [], "sigmoid_add")
+
+
+def classifier():
+    """x -> conv -> relu -> global pool -> flatten -> gemm -> logits (1, 10)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("GlobalAveragePool", ["r1"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], name="fc", transB=1),
+    ]
+    inits = [
+        _w("w1", (16, 3, 3, 3), 7),
+        _w("wf", (10, 16), 8, scale=1.0),
+        numpy_helper.from_array(np.zeros(10, np.float32), "bf"),
+    ]
+    return _model(nodes, [_x()], [_y((1, 10))], inits, "classifier")
+
+
+def save(model, path) -> str:
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def ranges_for(model, batches) -> dict[str, float]:
+    """Exact max |x| of every activation over ``batches`` (minmax calibration by hand)."""
+    from int8kit.onnx.observe import activation_tensors, run_exposed
+
+    names = activation_tensors(model)
+    amax: dict[str, float] = {}
+    for values in run_exposed(model, names, batches):
+        for n, v in values.items():
+            amax[n] = max(amax.get(n, 0.0), float(np.max(np.abs(v))))
+    return amax
+
+
+def int8kit_qdq(model, amax=None, batches=None):
+    """The Q/DQ model int8kit makes: default placement, given (or measured) ranges."""
+    if amax is None:
+        amax = ranges_for(model, batches if batches is not None else random_batches())
+    qdq, _ = insert_qdq(model, plan(model), amax)
+    return qdq
+
+
+def random_batches(n=3, shape=(1, 3, 8, 8), seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+
+def add_qdq(model, tensor, scale, zero_point=0, zp_dtype=np.int8, consumers=None):
+    """Insert a Q/DQ pair on ``tensor`` (rewiring ``consumers``, node names; default all)."""
+    g = model.graph
+    s, z = f"{tensor}_scale", f"{tensor}_zero_point"
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(scale, np.float32), s),
+            numpy_helper.from_array(np.array(zero_point, zp_dtype), z),
+        ]
+    )
+    dq_out = f"{tensor}_dequantized"
+    for node in g.node:
+        if consumers is None or node.name in consumers:
+            for i, name in enumerate(node.input):
+                if name == tensor:
+                    node.input[i] = dq_out
+    for o in g.output:
+        if o.name == tensor and consumers is not None and "<output>" in consumers:
+            o.name = dq_out
+    q = helper.make_node(
+        "QuantizeLinear", [tensor, s, z], [f"{tensor}_quantized"], name=f"{tensor}_Q"
+    )
+    dq = helper.make_node(
+        "DequantizeLinear", [f"{tensor}_quantized", s, z], [dq_out], name=f"{tensor}_DQ"
+    )
+    nodes = list(g.node)
+    pos = next((k + 1 for k, n in enumerate(nodes) if tensor in n.output), 0)
+    nodes[pos:pos] = [q, dq]
+    del g.node[:]
+    g.node.extend(nodes)
+    return model
+
+
+def quantize_weight(model, node_name, index=1):
+    """Replace a node's constant weight by int8 + per-channel DequantizeLinear (axis 0)."""
+    g = model.graph
+    node = next(n for n in g.node if n.name == node_name)
+    wname = node.input[index]
+    init = next(i for i in g.initializer if i.name == wname)
+    w = numpy_helper.to_array(init)
+    scales = (np.abs(w).reshape(w.shape[0], -1).max(axis=1) / 127).astype(np.float32)
+    q = np.round(w / scales.reshape(-1, *[1] * (w.ndim - 1))).astype(np.int8)
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(q, f"{wname}_q"),
+            numpy_helper.from_array(scales, f"{wname}_s"),
+            numpy_helper.from_array(np.zeros_like(scales, np.int8), f"{wname}_z"),
+        ]
+    )
+    dq = helper.make_node(
+        "DequantizeLinear",
+        [f"{wname}_q", f"{wname}_s", f"{wname}_z"],
+        [f"{wname}_dq"],
+        name=f"{wname}_DQ",
+        axis=0,
+    )
+    node.input[index] = f"{wname}_dq"
+    nodes = [dq, *g.node]
+    del g.node[:]
+    g.node.extend(nodes)
+    return model
