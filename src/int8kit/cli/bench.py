@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from int8kit.cli.dataargs import parse_shape
 from int8kit.errors import Int8kitError
@@ -43,7 +42,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def print_bench(result: dict, out=sys.stdout) -> None:
+def print_bench(result: dict, out=None) -> None:
     p = lambda *a: print(*a, file=out)  # noqa: E731
     cpu = result["cpu"]
     have = [f for f, on in cpu["flags"].items() if on] or ["none"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 
 from int8kit.cli.dataargs import add_data_args, data_config
 from int8kit.errors import DataError, Int8kitError
@@ -47,7 +46,7 @@ def fmt(x, digits: int = 3) -> str:
     return str(x)
 
 
-def print_eval(result: dict, out=sys.stdout) -> None:
+def print_eval(result: dict, out=None) -> None:
     p = lambda *a: print(*a, file=out)  # noqa: E731
     p(f"INT8 vs FP32 on {result['samples']} samples")
     for backend, outputs in result["outputs"].items():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from int8kit.cli.dataargs import add_data_args, data_config
 from int8kit.cli.eval import fmt
@@ -42,7 +41,7 @@ def _row(r: dict) -> str:
     )
 
 
-def print_layers(result: dict, top: int, out=sys.stdout) -> None:
+def print_layers(result: dict, top: int, out=None) -> None:
     p = lambda *a: print(*a, file=out)  # noqa: E731
     header = (
         f"  {'#':>4} {'tensor':<48} {'op':<16} {'SQNR dB':>8} {'in dB':>8} {'added':>8} {'cos':>8}"

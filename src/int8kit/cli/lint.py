@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(sub) -> None:
@@ -18,7 +17,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def print_findings(findings, out=sys.stdout) -> None:
+def print_findings(findings, out=None) -> None:
     for f in findings:
         print(str(f), file=out)
         print(f"    fix: {f.fix}", file=out)
