@@ -71,7 +71,7 @@ class TensorQuantizer(nn.Module):
 
     def set_amax(self, amax: float | torch.Tensor) -> None:
         value = torch.as_tensor(amax, dtype=torch.float32, device=self.amax.device).detach()
-        if isinstance(self.amax, nn.Parameter):
+        if isinstance(self.amax, nn.Parameter) or value.shape == self.amax.shape:
             with torch.no_grad():
                 self.amax.copy_(value)
         else:
