@@ -129,7 +129,9 @@ def _feed(specs, batch: int, shapes: dict, rng: np.random.Generator) -> dict[str
         if missing:
             raise DataError(
                 f"input '{spec.name}' {fmt_shape(spec.shape)} has dynamic dims {missing}; "
-                f"give them with --shape {spec.name}:" + "x".join(["N"] * len(shape))
+                f"give them with --shape {spec.name}:"
+                + "x".join(str(d) if is_static(d) else "D" for d in shape)
+                + " (each D a size)"
             )
         dtype = np.dtype(spec.dtype)
         if dtype.kind == "f":
