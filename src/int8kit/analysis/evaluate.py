@@ -71,13 +71,15 @@ def evaluate(
     batches = make_source(data, input_specs(fp32)) if isinstance(data, DataConfig) else data
     sessions = {b: make_session(int8, optimize=BACKENDS[b]) for b in backends}
     outputs = compare_models(make_session(fp32), sessions, batches, task=task, layout=layout)
-    used = getattr(getattr(batches, "stats", None), "used", None)
+    stats = getattr(batches, "stats", None)
+    used = getattr(stats, "used", None)
     if used == 0:
         raise DataError("the data source produced no samples; check --data and --num-images")
     result = {
         "fp32_model": str(fp32_model) if not hasattr(fp32_model, "graph") else None,
         "int8_model": str(int8_model) if not hasattr(int8_model, "graph") else None,
         "samples": used,
+        "skipped_files": [list(x) for x in getattr(stats, "skipped_files", [])],
         "task": task,
         "layout": layout,
         "backends": {b: BACKEND_LABELS[b] for b in backends},

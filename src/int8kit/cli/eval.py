@@ -49,6 +49,9 @@ def fmt(x, digits: int = 3) -> str:
 def print_eval(result: dict, out=None) -> None:
     p = lambda *a: print(*a, file=out)  # noqa: E731
     p(f"INT8 vs FP32 on {result['samples']} samples")
+    skipped = result.get("skipped_files") or []
+    if skipped:
+        p(f"  skipped {len(skipped)} unreadable files, e.g. {skipped[0][0]}: {skipped[0][1]}")
     for backend, outputs in result["outputs"].items():
         p(f"{backend} ({result['backends'][backend]}):")
         for name, m in outputs.items():
