@@ -3,8 +3,12 @@ one into its own collector. Memory depends on one batch's activations, never on 
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
+import queue
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -16,6 +20,10 @@ from int8kit.onnx.model_io import model_bytes_or_path
 log = logging.getLogger(__name__)
 
 _FLOAT_TYPES = {1, 10, 11, 16}  # float, float16, double, bfloat16
+# Ops whose output holds exactly the values of their first input, only rearranged: its
+# statistics equal the input's, so it is not exposed but gets a copy of the input's collector.
+_SAME_VALUES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose"}
+_DONE = object()
 
 
 def activation_tensors(model) -> list[str]:
@@ -85,19 +93,84 @@ def make_session(
         )
 
 
+def _ort_threads() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) - 1)
+
+
+def value_aliases(model, names: list[str]) -> dict[str, str]:
+    """{tensor: earlier tensor with the same values} for the outputs of ``_SAME_VALUES`` ops
+    whose input (followed through such ops) is also in ``names``."""
+    wanted = set(names)
+    alias: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type not in _SAME_VALUES or not node.input or len(node.output) != 1:
+            continue
+        src, out = node.input[0], node.output[0]
+        src = alias.get(src, src)
+        if out in wanted and src in wanted and src != out:
+            alias[out] = src
+    return alias
+
+
+def _prefetch(iterable: Iterable, depth: int = 1) -> Iterator:
+    """Yield ``iterable``'s items while a worker thread already computes the next ones, so the
+    model (which releases the GIL) runs while the caller processes the previous item."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in iterable:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((_DONE, exc))
+
+    worker = threading.Thread(target=work, name="int8kit-observe", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if item is _DONE:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 def run_exposed(
     model,
     names: list[str],
     batches: Iterable[dict[str, np.ndarray]],
     providers: list[str] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield ``{tensor: array}`` for each batch (only floating-point arrays)."""
-    session = make_session(expose(model, names), providers)
+    """Yield ``{tensor: array}`` for each batch (only floating-point arrays). The next batch
+    runs on ONNX Runtime while the caller handles the current one, so ONNX Runtime gets one
+    core fewer than the machine has (the caller's histograms keep that one busy)."""
+    session = make_session(expose(model, names), providers, threads=_ort_threads())
     inputs = {i.name for i in session.get_inputs()}
-    for batch in batches:
-        feed = {k: v for k, v in batch.items() if k in inputs}
-        values = session.run(names, feed)
-        yield {n: v for n, v in zip(names, values, strict=True) if v.dtype.kind == "f"}
+
+    def outputs() -> Iterator[dict[str, np.ndarray]]:
+        for batch in batches:
+            feed = {k: v for k, v in batch.items() if k in inputs}
+            values = session.run(names, feed)
+            yield {n: v for n, v in zip(names, values, strict=True) if v.dtype.kind == "f"}
+
+    yield from _prefetch(outputs())
 
 
 def observe(
@@ -107,13 +180,20 @@ def observe(
     names: list[str] | None = None,
     providers: list[str] | None = None,
 ) -> dict[str, object]:
-    """Stream every batch through the model and feed each exposed tensor to its collector."""
+    """Stream every batch through the model and feed each exposed tensor to its collector.
+    A tensor that only rearranges another's values (Reshape, Transpose, ...) is not run
+    through a collector of its own: it gets a copy of that tensor's collector at the end."""
     names = names if names is not None else activation_tensors(model)
+    aliases = value_aliases(model, names)
+    exposed = [n for n in names if n not in aliases]
     collectors: dict[str, object] = {}
-    for values in run_exposed(model, names, batches, providers):
+    for values in run_exposed(model, exposed, batches, providers):
         for name, value in values.items():
             c = collectors.get(name)
             if c is None:
                 c = collectors[name] = make_collector()
             c.collect(value)
+    for name, src in aliases.items():
+        if src in collectors:
+            collectors[name] = copy.deepcopy(collectors[src])
     return {n: collectors[n] for n in names if n in collectors}
