@@ -1,0 +1,66 @@
+"""int8kit quantize_onnx in its own process, plus the floor: one plain FP32 ONNX Runtime pass
+over the same inputs (default session options), timed before and after calibration.
+
+usage: python int8kit_runner.py MODEL SOURCE OUT.onnx METHOD [--preset NAME] [--no-floor]
+SOURCE is a .npy of preprocessed inputs, or an image folder with --preset yolov8n|...
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from int8kit.data import DataConfig, make_source
+from int8kit.onnx.model_io import input_specs, load_model
+from int8kit.onnx.observe import make_session
+from int8kit.workflow import CalibConfig, QuantizeConfig, quantize_onnx
+
+
+def floor_seconds(model_path: str, data: DataConfig) -> float:
+    model = load_model(model_path)
+    session = make_session(model)
+    batches = list(make_source(data, input_specs(model)))
+    session.run(None, batches[0])  # warm-up, as calibration's session also pays its creation
+    t0 = time.perf_counter()
+    for b in batches:
+        session.run(None, b)
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("source")
+    p.add_argument("out")
+    p.add_argument("method")
+    p.add_argument("--preset", default=None, help="image preprocessing of this model name")
+    p.add_argument("--no-floor", action="store_true")
+    a = p.parse_args(argv)
+    if a.preset:
+        from prepare import data_config
+
+        data = data_config(a.preset, a.source)
+    else:
+        data = DataConfig(source=a.source)
+    out = {}
+    if not a.no_floor:
+        out["floor_before_s"] = floor_seconds(a.model, data)
+    config = QuantizeConfig(
+        model=a.model, output=a.out, data=data, calib=CalibConfig(method=a.method), holdout=0
+    )
+    t0 = time.perf_counter()
+    r = quantize_onnx(config)
+    out["quantize_s"] = time.perf_counter() - t0
+    out["calibration_s"] = r.calibration_seconds
+    out["images"] = r.images_used
+    if not a.no_floor:
+        out["floor_after_s"] = floor_seconds(a.model, data)
+        out["floor_s"] = (out["floor_before_s"] + out["floor_after_s"]) / 2
+        out["calib_over_floor"] = r.calibration_seconds / out["floor_s"]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""benchmarks/results/summary.md from the result JSONs."""
+
+from __future__ import annotations
+
+import json
+
+from common import MODELS, RESULTS
+
+NOTE = {
+    "ort-minmax": "ORT quantize_static MinMax",
+    "ort-entropy": "ORT quantize_static Entropy",
+    "ort-percentile": "ORT quantize_static Percentile",
+    "modelopt-entropy": "Model Optimizer entropy",
+    "modelopt-max": "Model Optimizer max",
+    "nncf": "NNCF (default preset)",
+}
+
+
+def _f(v, fmt="{:.2f}"):
+    return "—" if v is None else fmt.format(v)
+
+
+def _row_detect(label, r):
+    t, o = r.get("fidelity", {}).get("trt-like", {}), r.get("fidelity", {}).get("ort-int8", {})
+    return [
+        label,
+        _f(t.get("map50"), "{:.3f}"),
+        _f(t.get("box_sqnr_db"), "{:.1f}"),
+        _f(t.get("score_sqnr_db"), "{:.1f}"),
+        _f(o.get("map50"), "{:.3f}"),
+        _f(o.get("score_sqnr_db"), "{:.1f}"),
+    ]
+
+
+def _row_classify(label, r):
+    t, o = r.get("fidelity", {}).get("trt-like", {}), r.get("fidelity", {}).get("ort-int8", {})
+    return [
+        label,
+        _f(t.get("top1_agreement"), "{:.3f}"),
+        _f(t.get("topk_overlap"), "{:.3f}"),
+        _f(t.get("sqnr_db"), "{:.1f}"),
+        _f(o.get("top1_agreement"), "{:.3f}"),
+        _f(o.get("sqnr_db"), "{:.1f}"),
+    ]
+
+
+def _common(r, fp32_ms):
+    rs = r.get("result") or {}
+    lat = r.get("latency_ms")
+    q = r.get("qdq", {})
+    return [
+        _f(r.get("wall_s"), "{:.1f}"),
+        _f(rs.get("quantize_s"), "{:.1f}"),
+        _f(r.get("peak_rss_mib"), "{:.0f}"),
+        _f(lat, "{:.1f}") + (f" ({fp32_ms / lat:.2f}×)" if lat and fp32_ms else ""),
+        f"{q.get('QuantizeLinear', '—')}/{q.get('DequantizeLinear', '—')}",
+    ]
+
+
+def table(name: str, data: dict) -> str:
+    detect = MODELS[name][2] == "detect"
+    head = (
+        [
+            "tool",
+            "mAP@0.5 trt-like",
+            "box SQNR dB",
+            "score SQNR dB",
+            "mAP@0.5 ort-int8",
+            "score SQNR ort-int8",
+        ]
+        if detect
+        else [
+            "tool",
+            "top-1 agree trt-like",
+            "top-5 overlap",
+            "logit SQNR dB",
+            "top-1 agree ort-int8",
+            "SQNR ort-int8",
+        ]
+    )
+    head += ["process wall s", "quantize call s", "peak RSS MiB", "CPU ms b1 (speed-up)", "Q/DQ"]
+    runs = data["runs"]
+    fp32_ms = runs.get("fp32", {}).get("latency_ms")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, r in runs.items():
+        if label == "fp32":
+            continue
+        if not r.get("ok"):
+            lines.append(
+                f"| {NOTE.get(label, label)} | skipped: "
+                f"{(r.get('skipped') or 'failed').splitlines()[0][:120]} |" + " |" * (len(head) - 2)
+            )
+            continue
+        row = (_row_detect if detect else _row_classify)(NOTE.get(label, label), r)
+        lines.append("| " + " | ".join(row + _common(r, fp32_ms)) + " |")
+    lines.append(f"| FP32 | | | | | | | | | {_f(fp32_ms, '{:.1f}')} | 0/0 |")
+    return "\n".join(lines)
+
+
+def speed_lines(name: str, data: dict) -> list[str]:
+    runs = data["runs"]
+    ik = (runs.get("int8kit-entropy") or {}).get("result") or {}
+    ort = (runs.get("ort-entropy") or {}).get("result") or {}
+    out = []
+    if ik.get("calibration_s"):
+        out.append(
+            f"- {name}: int8kit entropy calibration {ik['calibration_s']:.1f} s for "
+            f"{ik['images']} images = {ik['calib_over_floor']:.2f}× one plain FP32 ORT pass "
+            f"over the same images ({ik['floor_s']:.1f} s)"
+        )
+        if ort.get("quantize_s"):
+            out.append(
+                f"  - vs ORT quantize_static Entropy: {ort['quantize_s']:.1f} s for the "
+                f"whole call, int8kit quantize_onnx {ik['quantize_s']:.1f} s "
+                f"({ort['quantize_s'] / ik['quantize_s']:.1f}× faster)"
+            )
+    return out
+
+
+def write_summary() -> str:
+    parts = ["# int8kit side by side with ONNX Runtime, Model Optimizer and NNCF", ""]
+    speed: list[str] = []
+    for name in MODELS:
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        parts += [
+            f"## {name} ({data['n_calib']} calibration / {data['n_eval']} evaluation "
+            "images, disjoint source photos)",
+            "",
+            table(name, data),
+            "",
+        ]
+        speed += speed_lines(name, data)
+    if speed:
+        parts += ["## Calibration speed", "", *speed, ""]
+    rss = RESULTS / "rss_scaling.json"
+    if rss.exists():
+        r = json.loads(rss.read_text())
+        cells = ", ".join(f"{n} images: {v['peak_rss_mib']:.0f} MiB" for n, v in r["runs"].items())
+        parts += [
+            "## Memory vs number of calibration images",
+            "",
+            f"int8kit, {r['model']}, {r['method']}, {r['source']}, each in a fresh process: "
+            f"{cells} (growth {100 * r.get('growth_last_vs_first', float('nan')):+.1f}%).",
+            "",
+        ]
+    text = "\n".join(parts)
+    (RESULTS / "summary.md").write_text(text)
+    return text
