@@ -23,6 +23,7 @@ class TensorRange:
     amax: float
     method: str
     stats: dict = field(default_factory=dict)  # count, min, max, nan, inf
+    candidates: dict[str, float] = field(default_factory=dict)  # method -> amax it would pick
 
     @property
     def scale(self) -> float:
@@ -56,7 +57,13 @@ class Ranges:
             "format": FORMAT,
             "config": self.config,
             "tensors": {
-                n: {"amax": r.amax, "scale": r.scale, "method": r.method, **r.stats}
+                n: {
+                    "amax": r.amax,
+                    "scale": r.scale,
+                    "method": r.method,
+                    **r.stats,
+                    **({"candidates": r.candidates} if r.candidates else {}),
+                }
                 for n, r in self.tensors.items()
             },
         }
@@ -76,5 +83,7 @@ class Ranges:
         tensors = {}
         for name, t in d["tensors"].items():
             stats = {k: t[k] for k in ("count", "min", "max", "nan", "inf") if k in t}
-            tensors[name] = TensorRange(float(t["amax"]), t.get("method", "?"), stats)
+            tensors[name] = TensorRange(
+                float(t["amax"]), t.get("method", "?"), stats, dict(t.get("candidates", {}))
+            )
         return cls(tensors, d.get("config", {}))

@@ -23,6 +23,10 @@ from int8kit.ranges import Ranges, TensorRange
 
 log = logging.getLogger(__name__)
 
+# "search": per quantized tensor, the method whose amax keeps the outputs closest to FP32
+# (onnx/search.py); every other tensor (the cache's) gets entropy.
+ALL_METHODS = METHODS + ("search",)
+
 
 @dataclass
 class CalibConfig:
@@ -34,9 +38,13 @@ class CalibConfig:
     cache_version: int = DEFAULT_VERSION
     cache_algorithm: str = "EntropyCalibration2"
 
+    search_samples: int = 8  # calibration samples the range search scores candidates on
+
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.method not in ALL_METHODS:
+            raise ValueError(
+                f"unknown method {self.method!r}; choose one of {', '.join(ALL_METHODS)}"
+            )
         if not 0 < self.percentile <= 100:
             raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
         if self.num_bins < 128:
@@ -141,14 +149,20 @@ class QuantizeResult:
     fidelity: dict = field(default_factory=dict)  # backend -> output -> metrics
     holdout_images: int = 0
     input_shapes: dict = field(default_factory=dict)  # name -> shape of the first batch seen
+    search: dict = field(default_factory=dict)  # range search summary (method "search")
 
 
-def calibrate(model, batches, calib: CalibConfig, total: int | None = None) -> Ranges:
-    """Ranges of every floating-point activation of ``model`` over ``batches`` (streamed)."""
+def calibrate(
+    model, batches, calib: CalibConfig, total: int | None = None, candidates_for=frozenset()
+) -> Ranges:
+    """Ranges of every floating-point activation of ``model`` over ``batches`` (streamed).
+
+    Tensors in ``candidates_for`` also record the amax every method would pick."""
     from int8kit.data import progress
     from int8kit.onnx.observe import observe
 
-    keep_hist = calib.method != "minmax"
+    method = "entropy" if calib.method == "search" else calib.method
+    keep_hist = method != "minmax" or bool(candidates_for)
     collectors = observe(
         model,
         progress(batches, total=total, desc="calibrating"),
@@ -158,8 +172,11 @@ def calibrate(model, batches, calib: CalibConfig, total: int | None = None) -> R
         raise DataError("calibration saw no data: the data source produced no batch")
     ranges = Ranges()
     for name, c in collectors.items():
-        amax = c.compute_amax(calib.method, calib.percentile)
-        ranges.tensors[name] = TensorRange(amax, calib.method, c.stats.to_dict())
+        cands = {}
+        if name in candidates_for:
+            cands = {m: c.compute_amax(m, calib.percentile) for m in METHODS}
+        amax = cands[method] if cands else c.compute_amax(method, calib.percentile)
+        ranges.tensors[name] = TensorRange(amax, method, c.stats.to_dict(), cands)
     return ranges
 
 
@@ -193,6 +210,8 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     model, specs = _load(config)
     calib_src, holdout_src = _data(config, specs)
     result = QuantizeResult(config, outputs={})
+    placement = plan(model, config.placement) if config.write_qdq else None
+    searching = config.calib.method == "search" and placement is not None
     if config.ranges:
         ranges = Ranges.read(config.ranges)
     else:
@@ -202,7 +221,10 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
             _record_shapes(calib_src, result.input_shapes),
             config.calib,
             total=len(calib_src),
+            candidates_for=set(placement.activations) if searching else frozenset(),
         )
+        if searching:
+            result.search = _search(model, placement, ranges, calib_src, config.calib)
         result.calibration_seconds = time.perf_counter() - t1
         result.images_used = calib_src.stats.used
         result.images_skipped = calib_src.stats.skipped
@@ -212,8 +234,7 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     result.nonfinite = ranges.nonfinite()
 
     qdq_model = None
-    if config.write_qdq:
-        placement = plan(model, config.placement)
+    if placement is not None:
         qdq_model, summary = insert_qdq(model, placement, ranges.amax())
         result.activations_quantized = summary.activations
         result.weights_quantized = summary.weights
@@ -231,6 +252,31 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         result.holdout_images = holdout_src.stats.used
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _search(model, placement, ranges: Ranges, source, calib: CalibConfig) -> dict:
+    """Run the range search on the first calibration samples; update ``ranges`` in place."""
+    from int8kit.data import progress
+    from int8kit.onnx.search import search_ranges
+
+    # Samples spread over the whole calibration set, not just its first images.
+    step = max(1, len(source) * max(1, source_batch(source)) // max(1, calib.search_samples))
+    batches = [b for k, b in enumerate(source) if k % step == 0][: calib.search_samples]
+    candidates = {n: r.candidates for n, r in ranges.tensors.items() if r.candidates}
+    # Start from no clipping (minmax): the descent then clips only where it helps.
+    start = {**ranges.amax(), **{n: c["minmax"] for n, c in candidates.items()}}
+    amax, chosen, before, after = search_ranges(
+        model, placement, start, candidates, batches, progress=progress
+    )
+    for name, method in chosen.items():
+        ranges.tensors[name].amax = amax[name]
+        ranges.tensors[name].method = f"search:{method}"
+    picks = {m: sum(1 for v in chosen.values() if v == m) for m in set(chosen.values())}
+    return {"error_before": before, "error_after": after, "picks": picks, "samples": len(batches)}
+
+
+def source_batch(source) -> int:
+    return max(1, getattr(getattr(source, "config", None), "batch_size", 1) or 1)
 
 
 def _record_shapes(batches, shapes: dict):

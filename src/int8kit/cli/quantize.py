@@ -7,10 +7,10 @@ import math
 import sys
 
 from int8kit.calib.cache import ALGORITHMS, DEFAULT_VERSION
-from int8kit.calib.methods import METHODS
 from int8kit.cli.dataargs import add_data_args, data_config
 from int8kit.errors import Int8kitError
 from int8kit.onnx.placement import PlacementConfig
+from int8kit.workflow import ALL_METHODS
 
 
 def add_calib_args(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +18,7 @@ def add_calib_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--method",
         default="entropy",
-        choices=METHODS,
+        choices=ALL_METHODS,
         help="range method (default entropy = TensorRT EntropyCalibration2)",
     )
     g.add_argument("--percentile", type=float, default=99.99, help="for --method percentile")
