@@ -59,14 +59,17 @@ def run_measured(cmd: list[str], log: Path | None = None, timeout: float | None 
                 break
             except json.JSONDecodeError:
                 pass
-    rss = None
+    rss, cpu = None, 0.0
     for line in err.splitlines():
         if "Maximum resident set size" in line:
             rss = int(line.split(":")[-1]) / 1024
+        elif line.strip().startswith(("User time (seconds)", "System time (seconds)")):
+            cpu += float(line.split(":")[-1])
     return {
         "rc": proc.returncode,
         "wall_s": wall,
         "peak_rss_mib": rss,
+        "cpu_s": cpu or None,
         "result": result,
         "stderr_tail": err[-2000:] if proc.returncode else "",
     }

@@ -125,6 +125,8 @@ def evaluate_all(name: str, runs: dict, n_eval: int) -> None:
 
     ok = {k: v["model"] for k, v in runs.items() if v.get("ok")}
     for label, path in ok.items():
+        if "fidelity" in runs[label]:
+            continue  # kept from an earlier run of the same model file
         log(f"{name}: fidelity of {label}")
         try:
             runs[label]["fidelity"] = fidelity_of(name, path, n_eval)
