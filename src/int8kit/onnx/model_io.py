@@ -73,15 +73,18 @@ def save_model(model, path: str | os.PathLike) -> None:
         tmp = tmpdir / path.name
         if large:
             data_name = path.name + ".data"
+            external = onnx.ModelProto()
+            external.CopyFrom(model)  # saving as external data rewrites the tensors in place
             onnx.save_model(
-                model,
+                external,
                 os.fspath(tmp),
                 save_as_external_data=True,
                 all_tensors_to_one_file=True,
                 location=data_name,
                 size_threshold=1024,
             )
-            os.replace(tmpdir / data_name, path.parent / data_name)
+            if (tmpdir / data_name).exists():
+                os.replace(tmpdir / data_name, path.parent / data_name)
         else:
             onnx.save_model(model, os.fspath(tmp))
         os.replace(tmp, path)

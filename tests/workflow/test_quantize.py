@@ -1,0 +1,157 @@
+import json
+
+import models
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from int8kit.calib.cache import CalibrationCache
+from int8kit.data import DataConfig
+from int8kit.errors import DataError
+from int8kit.ranges import Ranges
+from int8kit.workflow import CalibConfig, QuantizeConfig, calibrate_onnx, quantize_onnx
+
+
+@pytest.fixture
+def chain(tmp_path):
+    model = models.save(models.conv_bn_relu_chain(), tmp_path / "chain.onnx")
+    data = models.save_npz(tmp_path / "calib.npz", n=12, x=(1, 3, 8, 8))
+    return model, data
+
+
+def test_quantize_writes_three_outputs_and_leaves_the_input_alone(chain, tmp_path):
+    model, data = chain
+    before = open(model, "rb").read()
+    cfg = QuantizeConfig(
+        model, str(tmp_path / "out" / "chain.int8.onnx"), data=DataConfig(data), holdout=3
+    )
+    r = quantize_onnx(cfg)
+    assert open(model, "rb").read() == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "chain.int8.calib.cache",
+        "chain.int8.onnx",
+        "chain.int8.ranges.json",
+    ]
+    assert r.images_used == 9 and r.holdout_images == 3
+    onnx.checker.check_model(onnx.load(cfg.output))
+
+    cache = CalibrationCache.read(cfg.cache_path)
+    ranges = Ranges.read(cfg.ranges_path)
+    # The cache covers every float activation: input, every node output (BN, Relu, ... too).
+    expected = {"x", "c1", "bn1", "r1", "c2", "r2", "p", "gap", "f", "y"}
+    assert set(cache.scales) == expected == set(ranges.tensors)
+    for name, t in ranges.tensors.items():
+        assert cache.scales[name] == pytest.approx(t.amax / 127, rel=1e-6)
+        assert t.method == "entropy" and t.stats["count"] > 0 and t.stats["nan"] == 0
+    raw = json.load(open(cfg.ranges_path))
+    assert raw["config"]["calib"]["method"] == "entropy"
+    assert QuantizeConfig.from_dict(raw["config"]).to_dict() == raw["config"]  # repeatable
+    fid = r.fidelity["trt-like"]["y"]
+    assert 15 < fid["sqnr_db"] < 80 and fid["task"] == "classify"
+
+
+def test_minmax_amax_is_the_observed_max_of_the_calibration_part(chain, tmp_path):
+    model, data = chain
+    cfg = QuantizeConfig(
+        model,
+        str(tmp_path / "m.int8.onnx"),
+        data=DataConfig(data),
+        calib=CalibConfig(method="minmax"),
+        holdout=2,
+    )
+    quantize_onnx(cfg)
+    x = np.load(data)["x"][:10]  # the held-out samples are the last two
+    assert Ranges.read(cfg.ranges_path).tensors["x"].amax == pytest.approx(np.abs(x).max())
+
+
+def test_reusing_ranges_reproduces_the_same_model(chain, tmp_path):
+    model, data = chain
+    a = QuantizeConfig(model, str(tmp_path / "a.onnx"), data=DataConfig(data), holdout=0)
+    quantize_onnx(a)
+    b = QuantizeConfig(model, str(tmp_path / "b.onnx"), ranges=str(a.ranges_path), holdout=0)
+    quantize_onnx(b)
+    assert open(a.output, "rb").read() == open(b.output, "rb").read()
+
+
+def test_calibrate_only_writes_cache_and_ranges(chain, tmp_path):
+    model, data = chain
+    out = tmp_path / "chain.calib.cache"
+    calibrate_onnx(QuantizeConfig(model, str(out), data=DataConfig(data)))
+    assert sorted(
+        p.name for p in tmp_path.iterdir() if "calib" in p.name and p.suffix != ".npz"
+    ) == ["chain.calib.cache", "chain.calib.ranges.json"]
+    assert CalibrationCache.read(out).header == "TRT-8601-EntropyCalibration2"
+
+
+def test_two_input_model_with_npz(tmp_path):
+    model = models.save(models.two_inputs(), tmp_path / "two.onnx")
+    data = models.save_npz(tmp_path / "d.npz", n=6, a=(1, 3, 8, 8), b=(1, 3, 8, 8))
+    r = quantize_onnx(
+        QuantizeConfig(model, str(tmp_path / "two.int8.onnx"), data=DataConfig(data), holdout=1)
+    )
+    assert r.activations_quantized == 3 and r.weights_quantized == 2
+
+
+def test_failed_run_keeps_an_existing_output_untouched(chain, tmp_path):
+    model, _ = chain
+    wrong = models.save_npz(tmp_path / "wrong.npz", n=4, images=(1, 3, 8, 8))
+    out = tmp_path / "chain.int8.onnx"
+    out.write_bytes(b"previous result")
+    with pytest.raises(DataError, match="images"):
+        quantize_onnx(QuantizeConfig(model, str(out), data=DataConfig(wrong), holdout=0))
+    assert out.read_bytes() == b"previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["chain.onnx", "calib.npz", "wrong.npz", "chain.int8.onnx"]
+    )
+
+
+def test_nan_and_inf_activations_are_reported(tmp_path):
+    m = models.model(
+        [
+            helper.make_node("Log", ["x"], ["l"], name="log"),
+            helper.make_node("Conv", ["l", "w"], ["y"], name="conv"),
+        ],
+        [models.value("x", (1, 2, 4, 4))],
+        [models.value("y", (1, 2, 4, 4))],
+        [models.weight("w", (2, 2, 1, 1), 0)],
+    )
+    path = models.save(m, tmp_path / "log.onnx")
+    x = np.abs(np.random.default_rng(0).standard_normal((4, 2, 4, 4))).astype(np.float32) + 0.5
+    x[0, 0, 0, 0] = 0.0  # log(0) = -inf
+    x[1, 0, 0, 0] = -1.0  # log(-1) = nan
+    np.save(tmp_path / "x.npy", x)
+    r = quantize_onnx(
+        QuantizeConfig(
+            path, str(tmp_path / "q.onnx"), data=DataConfig(str(tmp_path / "x.npy")), holdout=0
+        )
+    )
+    assert r.nonfinite["l"] == (1, 1)
+    assert Ranges.read(tmp_path / "q.ranges.json").tensors["l"].stats["count"] == 4 * 32 - 2
+
+
+def test_search_never_does_worse_than_its_starting_point(chain, tmp_path):
+    model, data = chain
+    cfg = QuantizeConfig(
+        model,
+        str(tmp_path / "s.onnx"),
+        data=DataConfig(data),
+        calib=CalibConfig(method="search", search_samples=4),
+        holdout=0,
+    )
+    r = quantize_onnx(cfg)
+    assert r.search["error_after"] <= r.search["error_before"]
+    ranges = Ranges.read(cfg.ranges_path)
+    searched = [t for t in ranges.tensors.values() if t.method.startswith("search:")]
+    assert len(searched) == r.activations_quantized
+    for t in searched:
+        assert t.amax in t.candidates.values()
+
+
+def test_config_validation_messages(tmp_path):
+    with pytest.raises(ValueError, match="choose one of entropy, minmax, percentile, mse, search"):
+        CalibConfig(method="kl")
+    with pytest.raises(ValueError, match="give calibration data"):
+        QuantizeConfig("m.onnx", "o.onnx")
+    with pytest.raises(ValueError, match="input stays as it is"):
+        QuantizeConfig("m.onnx", "m.onnx", data=DataConfig("d.npz"))
