@@ -70,6 +70,14 @@ class QuantizeConfig:
     ranges: str | None = None  # reuse this ranges.json instead of calibrating
     task: str = "auto"  # how fidelity is reported: auto | raw | classify | detect
     write_qdq: bool = True
+    # Fallback (analysis/fallback.py): leave the most sensitive layers unquantized until the
+    # held-out fidelity reaches the target. SQNR: worst output part (detector: box and score).
+    target_sqnr: float | None = None
+    target_top1: float | None = None
+    sensitivity_samples: int = 8  # calibration samples the layers are ranked on
+    high_precision: str = "fp32"  # type of what stays float: fp32 | fp16 (onnx/fp16.py)
+    keep_io_types: bool = True  # fp16: keep the model's FP32 inputs/outputs (Casts at the edge)
+    report: str | None = None  # folder for report.md/.html and plots
 
     def __post_init__(self):
         if self.data is None and self.ranges is None:
@@ -82,6 +90,24 @@ class QuantizeConfig:
             raise ValueError(
                 "the output path is the input model; choose another -o so the input stays as it is"
             )
+        if self.high_precision not in ("fp32", "fp16"):
+            raise ValueError(f"high_precision must be fp32 or fp16, got {self.high_precision!r}")
+        if self.sensitivity_samples < 1:
+            raise ValueError(f"sensitivity_samples must be >= 1, got {self.sensitivity_samples}")
+        if self.fallback_target is not None and (self.data is None or self.holdout < 1):
+            raise ValueError(
+                "a fidelity target needs calibration data (--calib) and held-out images "
+                "(--holdout N, N >= 1; 16 or more for a meaningful check)"
+            )
+
+    @property
+    def fallback_target(self):
+        """analysis.fallback.Target of --target-sqnr/--target-top1 (validated), or None."""
+        if self.target_sqnr is None and self.target_top1 is None:
+            return None
+        from int8kit.analysis.fallback import Target
+
+        return Target(self.target_sqnr, self.target_top1)
 
     # Output paths: -o model.int8.onnx -> model.int8.calib.cache, model.int8.ranges.json
     @property
@@ -115,6 +141,12 @@ class QuantizeConfig:
             "ranges": self.ranges,
             "task": self.task,
             "write_qdq": self.write_qdq,
+            "target_sqnr": self.target_sqnr,
+            "target_top1": self.target_top1,
+            "sensitivity_samples": self.sensitivity_samples,
+            "high_precision": self.high_precision,
+            "keep_io_types": self.keep_io_types,
+            "report": self.report,
         }
         return d
 
@@ -130,6 +162,12 @@ class QuantizeConfig:
             ranges=d.get("ranges"),
             task=d.get("task", "auto"),
             write_qdq=d.get("write_qdq", True),
+            target_sqnr=d.get("target_sqnr"),
+            target_top1=d.get("target_top1"),
+            sensitivity_samples=d.get("sensitivity_samples", 8),
+            high_precision=d.get("high_precision", "fp32"),
+            keep_io_types=d.get("keep_io_types", True),
+            report=d.get("report"),
         )
 
 
@@ -150,6 +188,8 @@ class QuantizeResult:
     holdout_images: int = 0
     input_shapes: dict = field(default_factory=dict)  # name -> shape of the first batch seen
     search: dict = field(default_factory=dict)  # range search summary (method "search")
+    fallback: dict = field(default_factory=dict)  # analysis.fallback.FallbackResult as a dict
+    fp16: dict = field(default_factory=dict)  # onnx.fp16.FP16Summary as a dict
 
 
 def calibrate(
@@ -233,11 +273,23 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     result.tensors_calibrated = len(ranges.tensors)
     result.nonfinite = ranges.nonfinite()
 
+    if placement is not None and config.fallback_target is not None:
+        from int8kit.analysis.fallback import run_fallback
+
+        result.fallback, placement = run_fallback(
+            model, placement, ranges, calib_src, holdout_src, config
+        )
+
     qdq_model = None
     if placement is not None:
         qdq_model, summary = insert_qdq(model, placement, ranges.amax())
         result.activations_quantized = summary.activations
         result.weights_quantized = summary.weights
+        if config.high_precision == "fp16":
+            from int8kit.onnx.fp16 import convert_to_fp16
+
+            qdq_model, fp16 = convert_to_fp16(qdq_model, keep_io_types=config.keep_io_types)
+            result.fp16 = asdict(fp16)
         _check(qdq_model)
         save_model(qdq_model, config.output)
         result.outputs["qdq_onnx"] = Path(config.output)
@@ -247,9 +299,15 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     ranges.write(config.ranges_path)
     result.outputs["ranges"] = config.ranges_path
 
-    if qdq_model is not None and holdout_src is not None:
+    if qdq_model is not None and holdout_src is not None and config.keep_io_types:
         result.fidelity = fidelity(model, qdq_model, holdout_src, task=config.task)
         result.holdout_images = holdout_src.stats.used
+    if config.report:
+        from int8kit.report.quantize import quantize_report
+
+        result.outputs["report"] = quantize_report(
+            config.report, result, model, qdq_model, ranges, calib_src, holdout_src
+        )
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -163,3 +163,29 @@ def spread_samples(source, n: int) -> list[dict[str, np.ndarray]]:
     total = len(source) if hasattr(source, "__len__") else n
     step = max(1, total // max(1, n))
     return [b for k, b in enumerate(source) if k % step == 0][:n]
+
+
+def run_fallback(model, placement: Placement, ranges, calib_src, holdout_src, config):
+    """``quantize_onnx``'s fallback step: (result dict, placement with the layers excluded).
+
+    Layers are ranked on ``config.sensitivity_samples`` calibration samples and the target is
+    checked on the held-out split; the new placement is ``plan`` with the anchored node-name
+    regexes added to ``--exclude``, exactly what a rerun with those flags produces."""
+    from int8kit.data import progress
+    from int8kit.onnx.placement import PlacementConfig, plan
+
+    found = find_fallback(
+        model,
+        ranges.amax(),
+        placement,
+        spread_samples(calib_src, config.sensitivity_samples),
+        holdout_src,
+        config.fallback_target,
+        task=config.task,
+        progress=progress,
+    )
+    new = PlacementConfig(
+        op_types=config.placement.op_types,
+        exclude=list(config.placement.exclude) + found.exclude,
+    )
+    return found.to_dict(), plan(model, new)

@@ -16,6 +16,7 @@ SUBCOMMANDS = [
     "int8kit.cli.calibrate",
     "int8kit.cli.eval",
     "int8kit.cli.layers",
+    "int8kit.cli.sensitivity",
     "int8kit.cli.cache",
     "int8kit.cli.lint",
     "int8kit.cli.bench",

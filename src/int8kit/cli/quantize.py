@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 
 from int8kit.calib.cache import ALGORITHMS, DEFAULT_VERSION
 from int8kit.cli.dataargs import add_data_args, data_config
@@ -74,7 +73,48 @@ def register(sub) -> None:
     )
     g.add_argument("--task", default="auto", choices=["auto", "raw", "classify", "detect"])
     g.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    g.add_argument(
+        "--report", metavar="DIR", help="write report.md, report.html and plots into DIR"
+    )
+    add_fallback_args(p)
     p.set_defaults(func=run)
+
+
+def add_fallback_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("fallback and high precision")
+    g.add_argument(
+        "--target-sqnr",
+        type=float,
+        metavar="DB",
+        help="leave the most sensitive layers unquantized until the held-out SQNR reaches DB; "
+        "the worst output part counts (a detector's box and score parts apart)",
+    )
+    g.add_argument(
+        "--target-top1",
+        type=float,
+        metavar="FRACTION",
+        help="as --target-sqnr, for a classifier's top-1 agreement with FP32 (e.g. 0.99; "
+        "--task classify)",
+    )
+    g.add_argument(
+        "--sensitivity-samples",
+        type=int,
+        default=8,
+        metavar="N",
+        help="calibration samples the layers are ranked on (default 8)",
+    )
+    g.add_argument(
+        "--high-precision",
+        default="fp32",
+        choices=["fp32", "fp16"],
+        help="type of everything left in float (fp16: for strongly typed TensorRT)",
+    )
+    g.add_argument(
+        "--keep-io-types",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with fp16: keep the model's FP32 inputs and outputs (default yes)",
+    )
 
 
 def build_config(args: argparse.Namespace, write_qdq: bool = True):
@@ -100,6 +140,12 @@ def build_config(args: argparse.Namespace, write_qdq: bool = True):
             ranges=args.ranges,
             task=getattr(args, "task", "auto"),
             write_qdq=write_qdq,
+            target_sqnr=getattr(args, "target_sqnr", None),
+            target_top1=getattr(args, "target_top1", None),
+            sensitivity_samples=getattr(args, "sensitivity_samples", 8),
+            high_precision=getattr(args, "high_precision", "fp32"),
+            keep_io_types=getattr(args, "keep_io_types", True),
+            report=getattr(args, "report", None),
         )
     except ValueError as exc:
         raise Int8kitError(str(exc)) from exc
@@ -144,11 +190,13 @@ def summary_dict(result) -> dict:
         "nonfinite": result.nonfinite,
         "holdout_images": result.holdout_images,
         "fidelity": result.fidelity,
+        "fallback": result.fallback,
+        "fp16": result.fp16,
         "config": result.config.to_dict(),
     }
 
 
-def print_summary(result, out=sys.stdout) -> None:
+def print_summary(result, out=None) -> None:
     p = lambda *a: print(*a, file=out)  # noqa: E731
     cfg = result.config
     p(f"int8kit: {cfg.model} -> INT8 ({cfg.calib.method}) in {result.seconds:.1f} s")
@@ -171,6 +219,13 @@ def print_summary(result, out=sys.stdout) -> None:
         )
         for name, (nan, inf) in list(result.nonfinite.items())[:5]:
             p(f"    {name}: {nan} NaN, {inf} Inf")
+    if result.fallback:
+        _print_fallback(result.fallback, p)
+    if result.fp16:
+        p(
+            f"  float parts in FP16 (opset {result.fp16['opset']}, FP16 Q/DQ scales); "
+            f"{len(result.fp16['kept_fp32'])} nodes kept FP32"
+        )
     for kind, path in result.outputs.items():
         p(f"  wrote {kind:8s} {path}")
     if result.fidelity:
@@ -197,6 +252,23 @@ def print_summary(result, out=sys.stdout) -> None:
                 p(f"    {backend:9s} {name}: " + ", ".join(parts) + f"   [{label}]")
     if "qdq_onnx" in result.outputs:
         _print_trtexec(result, p)
+
+
+def _print_fallback(fb: dict, p) -> None:
+    def metrics(m: dict) -> str:
+        top1 = f", top-1 {_fmt(m['top1'])}" if m.get("top1") is not None else ""
+        return f"worst-part SQNR {_fmt(m['sqnr_db'])} dB{top1}"
+
+    state = "reached" if fb["reached"] else "NOT reached"
+    p(
+        f"  fallback: target {state} on {fb['holdout_samples']} held-out samples with "
+        f"{len(fb['excluded'])} of {fb['layers']} layers unquantized "
+        f"({fb['evaluations']} evaluations)"
+    )
+    p(f"    all quantized: {metrics(fb['before'])}; with fallback: {metrics(fb['after'])}")
+    if fb["exclude"]:
+        p("    reproduce without the search:")
+        p("      " + " ".join(f"--exclude '{x}'" for x in fb["exclude"]))
 
 
 def _print_trtexec(result, p) -> None:
