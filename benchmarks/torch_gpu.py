@@ -51,12 +51,11 @@ class MBConv(nn.Module):
         layers += _cbr(mid, mid, k, s, groups=mid)
         layers += [nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)]
         self.body = nn.Sequential(*layers)
-        self.residual = s == 1 and cin == cout
-        self.add = iq.QuantAdd()
+        self.add = iq.QuantAdd() if s == 1 and cin == cout else None
 
     def forward(self, x):
         y = self.body(x)
-        return self.add(y, x) if self.residual else y
+        return self.add(y, x) if self.add is not None else y
 
 
 class LiteNet(nn.Module):

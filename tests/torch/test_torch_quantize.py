@@ -121,6 +121,16 @@ def test_unused_quantizer_raises_with_advice():
         iq.quantize(torch_tiny.tiny_model(), forward_loop=lambda m: None)
 
 
+def test_quantizers_of_unused_modules_stay_float_with_one_warning():
+    m = torch_tiny.tiny_model()
+    m.spare = nn.Linear(3, 3)  # defined, never called
+    data = torch_tiny.batches(2)
+    with pytest.warns(UserWarning, match="1 quantizers saw no calibration data.*spare"):
+        iq.quantize(m, forward_loop=lambda mm: [mm(x) for x in data])
+    assert m.spare.input_quantizer.mode == "off"
+    assert "spare.input_quantizer" not in dict(iq.quantizers(m))
+
+
 def test_quant_add_is_a_plain_add_until_configured():
     add = iq.QuantAdd()
     a, b = torch.randn(3), torch.randn(3)

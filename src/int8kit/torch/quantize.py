@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -82,12 +83,7 @@ def calibrate(model: nn.Module, forward_loop: Callable[[nn.Module], object]) -> 
             forward_loop(model)
     finally:
         model.train(was_training)
-    amax = {}
-    for name, q in quantizers(model):
-        if not q.is_weight:
-            amax[name] = q.load_calib_amax()
-    set_mode(model, "quantize")
-    return amax
+    return load_amax(model)
 
 
 def quantize(
@@ -112,7 +108,24 @@ def quantize(
 
 def load_amax(model: nn.Module) -> dict[str, float]:
     """After running a model in mode "calibrate" yourself: compute every amax, switch to quantize."""
-    amax = {name: q.load_calib_amax() for name, q in quantizers(model) if not q.is_weight}
+    active = [(n, q) for n, q in quantizers(model) if not q.is_weight]
+    unused = [(n, q) for n, q in active if q.collector is None or q.collector.stats.count == 0]
+    if active and len(unused) == len(active):
+        raise RuntimeError(
+            "no quantizer saw data during calibration; check that forward_loop runs the model "
+            "over the calibration batches"
+        )
+    for _, q in unused:  # modules the forward never reached: leave them in float
+        q.set_mode("off")
+        q.enabled = False
+    if unused:
+        warnings.warn(
+            f"{len(unused)} quantizers saw no calibration data and stay in float "
+            f"(unused modules?): {', '.join(n for n, _ in unused[:5])}"
+            + (" ..." if len(unused) > 5 else ""),
+            stacklevel=2,
+        )
+    amax = {name: q.load_calib_amax() for name, q in active if q.enabled}
     set_mode(model, "quantize")
     return amax
 
