@@ -159,3 +159,19 @@ def test_export_refuses_uncalibrated(tmp_path):
     with pytest.raises(RuntimeError, match="calibrate"):
         iq.export_onnx(m, torch.zeros(1, 3, 16, 16), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_per_tensor_weights_export(tmp_path):
+    m = torch_tiny.calibrated("mse", per_channel=False)
+    assert m.conv.weight_quantizer.axis is None
+    written = iq.export_onnx(m, torch.zeros(1, 3, 16, 16), tmp_path / "pt.onnx", write_fp32=False)
+    model = onnx.load(written["onnx"])
+    onnx.checker.check_model(model, full_check=True)
+    node = next(n for n in model.graph.node if n.name == "/conv/weight_quantizer/QuantizeLinear")
+    assert _const(model, node.input[1]).shape == () and not node.attribute
+    x = torch_tiny.batches(1, seed=4)[0]
+    with torch.no_grad():
+        ref = m(x).numpy()
+    np.testing.assert_allclose(
+        _session(written["onnx"]).run(None, {"input": x.numpy()})[0], ref, atol=1e-4
+    )
