@@ -138,3 +138,21 @@ def test_document_markdown_and_html_escape():
     doc.table(["a|b", "v"], [["x<y", float("inf")]])
     assert "a\\|b" in doc.markdown() and "inf" in doc.markdown()
     assert "x&lt;y" in doc.html()
+
+
+def test_eval_report_library_function(files, capsys):
+    from int8kit.analysis.evaluate import evaluate
+    from int8kit.data import DataConfig, make_source
+    from int8kit.onnx.model_io import input_specs, load_model
+    from int8kit.report.quantize import eval_report
+
+    assert _quantize(files) == 0
+    data = DataConfig(source=str(files / "x.npy"), num_samples=6)
+    specs = input_specs(load_model(files / "m.onnx"))
+    result = evaluate(files / "m.onnx", files / "q.onnx", data)
+    md = eval_report(
+        files / "erep", result, files / "m.onnx", files / "q.onnx", lambda: make_source(data, specs)
+    )
+    text = md.read_text()
+    assert "Fidelity" in text and "hist_r2.png" in text.split("## Activation histograms")[1]
+    _png(files / "erep" / "hist_r2.png")
