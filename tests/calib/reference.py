@@ -10,7 +10,7 @@ def kl(p, q):
     p = p / p.sum()
     q = q / q.sum()
     out = 0.0
-    for pi, qi in zip(p, q):
+    for pi, qi in zip(p, q, strict=True):
         if pi > 0:
             if qi == 0:
                 return np.inf

@@ -18,6 +18,7 @@ SUBCOMMANDS = [
     "int8kit.cli.layers",
     "int8kit.cli.sensitivity",
     "int8kit.cli.cache",
+    "int8kit.cli.example",
     "int8kit.cli.lint",
     "int8kit.cli.bench",
     "int8kit.cli.build",
