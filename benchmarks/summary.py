@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from common import MODELS, RESULTS
+from common import BENCH, MODELS, RESULTS
 
 NOTE = {
     "ort-minmax": "ORT quantize_static MinMax",
@@ -139,6 +139,9 @@ def speed_lines(name: str, data: dict) -> list[str]:
 
 def write_summary() -> str:
     parts = ["# int8kit side by side with ONNX Runtime, Model Optimizer and NNCF", ""]
+    intro = BENCH / "summary_intro.md"  # the hand-written reading of the tables below
+    if intro.exists():
+        parts += [intro.read_text().strip(), ""]
     speed: list[str] = []
     for name in MODELS:
         path = RESULTS / f"{name}.json"
