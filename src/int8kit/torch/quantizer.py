@@ -108,6 +108,10 @@ class TensorQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "off":
             return x
+        if self.amax.device != x.device:
+            # Quantizers are made by the module swap, often after model.cuda(), and amax is set
+            # from numpy on the CPU: follow the data (parameters and buffers alike).
+            self.to(x.device)
         if self.mode == "calibrate":
             if self.is_weight:
                 self.set_amax(self.weight_amax(x))
