@@ -38,7 +38,7 @@ class CalibConfig:
     cache_version: int = DEFAULT_VERSION
     cache_algorithm: str = "EntropyCalibration2"
 
-    search_samples: int = 8  # calibration samples the range search scores candidates on
+    search_samples: int = 16  # calibration samples the range search scores candidates on
 
     def __post_init__(self):
         if self.method not in ALL_METHODS:
@@ -313,13 +313,11 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
 
 
 def _search(model, placement, ranges: Ranges, source, calib: CalibConfig) -> dict:
-    """Run the range search on the first calibration samples; update ``ranges`` in place."""
+    """Run the range search on the most telling calibration samples; update ``ranges`` in place."""
     from int8kit.data import progress
-    from int8kit.onnx.search import search_ranges
+    from int8kit.onnx.search import search_ranges, select_samples
 
-    # Samples spread over the whole calibration set, not just its first images.
-    step = max(1, len(source) * max(1, source_batch(source)) // max(1, calib.search_samples))
-    batches = [b for k, b in enumerate(source) if k % step == 0][: calib.search_samples]
+    batches = select_samples(model, source, max(1, calib.search_samples // source_batch(source)))
     candidates = {n: r.candidates for n, r in ranges.tensors.items() if r.candidates}
     # Start from no clipping (minmax): the descent then clips only where it helps.
     start = {**ranges.amax(), **{n: c["minmax"] for n, c in candidates.items()}}

@@ -33,6 +33,7 @@ def register(sub) -> None:
         help="backend(s) to run the INT8 model on (default: both)",
     )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--report", metavar="DIR", help="write a Markdown/HTML report with plots here")
     p.set_defaults(func=run)
 
 
@@ -100,4 +101,14 @@ def run(args: argparse.Namespace) -> int:
         from int8kit.fileio import write_json
 
         write_json(args.json, result)
+    if args.report:
+        from int8kit.data import make_source
+        from int8kit.onnx.model_io import input_specs, load_model
+        from int8kit.report.quantize import eval_report
+
+        specs = input_specs(load_model(args.fp32, load_weights=False))
+        path = eval_report(
+            args.report, result, args.fp32, args.int8, lambda: make_source(data, specs)
+        )
+        print(f"report: {path}")
     return 0

@@ -37,6 +37,38 @@ def output_error(reference: dict[str, np.ndarray], test: dict[str, np.ndarray]) 
     return float(np.mean(errs))
 
 
+def salience(outputs: dict[str, np.ndarray]) -> float:
+    """How much a sample tells the search: for a detector, its most confident class score (the
+    detections are what the scores' fidelity is about); otherwise 0 (no preference)."""
+    best = 0.0
+    for out in outputs.values():
+        if guess_task(out) == "detect":
+            best = max(best, float(split_yolo_output(out)[1].max()))
+    return best
+
+
+def select_samples(model, batches, n: int) -> list[dict[str, np.ndarray]]:
+    """The ``n`` most salient batches (ties keep calibration order, spread over the set)."""
+    import heapq
+
+    from int8kit.onnx.observe import make_session
+
+    session = make_session(model)
+    inputs = {i.name for i in session.get_inputs()}
+    items = []
+    for k, batch in enumerate(batches):
+        feed = {name: v for name, v in batch.items() if name in inputs}
+        outputs = dict(
+            zip([o.name for o in session.get_outputs()], session.run(None, feed), strict=True)
+        )
+        items.append((salience(outputs), k, batch))
+    if all(score == 0.0 for score, _, _ in items):
+        step = max(1, len(items) // max(1, n))
+        return [b for _, k, b in items if k % step == 0][:n]
+    top = heapq.nlargest(n, items, key=lambda item: (item[0], -item[1]))
+    return [b for _, _, b in sorted(top, key=lambda item: item[1])]
+
+
 def _scales_as_inputs(qdq_model, tensors: list[str]):
     """Turn the scale initializers of ``tensors``' Q/DQ into scalar graph inputs."""
     require("onnx")
