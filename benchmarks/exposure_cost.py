@@ -1,0 +1,62 @@
+"""What exposing every activation as a graph output costs ONNX Runtime (blocked fusions, output
+buffers): CPU seconds of one single-threaded pass over 32 images, plain model vs the model
+observe() runs, graph optimizations on for both. Best of 3, interleaved.
+
+    .venv/bin/python benchmarks/exposure_cost.py
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import MODELS, RESULTS, model_path, npy_path, save_json  # noqa: E402
+
+from int8kit.onnx.observe import (  # noqa: E402
+    activation_tensors,
+    expose,
+    make_session,
+    value_aliases,
+)
+
+
+def main(n: int = 32, rounds: int = 3) -> dict:
+    res = {}
+    for name, (inp, _, _) in MODELS.items():
+        model = onnx.load(model_path(name))
+        names = activation_tensors(model)
+        aliases = value_aliases(model, names)
+        exposed = [t for t in names if t not in aliases]
+        x = np.load(npy_path(name, "calib", 128), mmap_mode="r")
+        feeds = [{inp: np.ascontiguousarray(x[i : i + 1])} for i in range(n)]
+        plain = make_session(model, threads=1)
+        observed = make_session(expose(model, exposed), threads=1)
+        cpu = {"plain": [], "exposed": []}
+        for _ in range(rounds):
+            for key, sess, outs in (("plain", plain, None), ("exposed", observed, exposed)):
+                c0 = time.process_time()
+                for f in feeds:
+                    sess.run(outs, f)
+                cpu[key].append(time.process_time() - c0)
+        best = {k: min(v) for k, v in cpu.items()}
+        res[name] = {
+            "images": n,
+            "tensors_exposed": len(exposed),
+            "tensors_aliased": len(aliases),
+            "plain_cpu_s": best["plain"],
+            "exposed_cpu_s": best["exposed"],
+            "exposed_over_plain": best["exposed"] / best["plain"],
+        }
+        print(name, res[name], flush=True)
+    save_json(RESULTS / "exposure_cost.json", res)
+    return res
+
+
+if __name__ == "__main__":
+    main()
