@@ -29,7 +29,9 @@ def require(module: str, feature: str = "") -> ModuleType:
         top = module.split(".")[0]
         how = _INSTALL.get(top, f"pip install {top}")
         what = f" for {feature}" if feature else ""
-        raise MissingDependencyError(f"int8kit needs '{top}'{what}: install it with `{how}`") from exc
+        raise MissingDependencyError(
+            f"int8kit needs '{top}'{what}: install it with `{how}`"
+        ) from exc
 
 
 def available(module: str) -> bool:
