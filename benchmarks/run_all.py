@@ -36,7 +36,7 @@ from common import (  # noqa: E402
     timed,
 )
 
-INT8KIT_METHODS = ("entropy", "minmax", "percentile", "mse")
+INT8KIT_METHODS = ("entropy", "minmax", "percentile", "mse", "search")
 PEERS = {
     # tool label: (venv, pip requirements, runner, method argument)
     "ort-minmax": ("ort", ["onnxruntime", "onnx", "numpy"], "peers/ort_runner.py", "MinMax"),
