@@ -4,33 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from models import model as _model
+from models import value
+from models import weight as _w
+from onnx import helper, numpy_helper
 
 from int8kit.onnx.placement import plan
 from int8kit.onnx.qdq import insert_qdq
 
-OPSET = 17
-
-
-def _model(nodes, inputs, outputs, inits, name="tiny"):
-    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m
-
-
-def _w(name, shape, seed, scale=0.3):
-    rng = np.random.default_rng(seed)
-    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
-
 
 def _x(name="x", shape=(1, 3, 8, 8)):
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+    return value(name, shape)
 
 
 def _y(shape, name="y"):
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+    return value(name, shape)
 
 
 def conv_relu_conv():

@@ -46,18 +46,17 @@ class InputProfile:
 
 def model_inputs(model) -> list[ModelInput]:
     """The real inputs of an ONNX model (graph inputs minus initializers), in graph order."""
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        dims: list[int | None] = []
-        for dim in tensor.shape.dim:
-            known = dim.HasField("dim_value") and dim.dim_value > 0
-            dims.append(int(dim.dim_value) if known else None)
-        inputs.append(ModelInput(value.name, tuple(dims), int(tensor.elem_type)))
-    return inputs
+    from int8kit.onnx.model_io import input_specs
+
+    elem = {v.name: int(v.type.tensor_type.elem_type) for v in model.graph.input}
+    return [
+        ModelInput(
+            s.name,
+            tuple(d if isinstance(d, int) and d > 0 else None for d in s.shape),
+            elem[s.name],
+        )
+        for s in input_specs(model)
+    ]
 
 
 def format_shape(shape: Iterable[int]) -> str:
