@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from models import model as _model
+from models import residual_block as residual_block  # shared with the core tests
 from models import value
 from models import weight as _w
 from onnx import helper, numpy_helper
@@ -34,19 +35,6 @@ def conv_relu_conv():
         _w("w2", (4, 4, 3, 3), 2),
     ]
     return _model(nodes, [_x()], [_y((1, 4, 8, 8))], inits, "chain")
-
-
-def residual_block():
-    """x -> conv1 -> relu -> conv2 -> Add(c2, x) -> relu -> y."""
-    nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
-        helper.make_node("Add", ["c2", "x"], ["s"], name="add"),
-        helper.make_node("Relu", ["s"], ["y"], name="relu2"),
-    ]
-    inits = [_w("w1", (3, 3, 3, 3), 3), _w("w2", (3, 3, 3, 3), 4)]
-    return _model(nodes, [_x()], [_y((1, 3, 8, 8))], inits, "residual")
 
 
 def detector_head():
