@@ -55,6 +55,13 @@ PEERS = {
     ),
     "modelopt-max": ("modelopt", ["nvidia-modelopt[onnx]"], "peers/modelopt_runner.py", "max"),
     "nncf": ("nncf", ["nncf", "onnxruntime", "onnx", "numpy"], "peers/nncf_runner.py", None),
+    # TensorRT-deployable NNCF: every activation quantizer signed INT8 with zero point 0.
+    "nncf-signed": (
+        "nncf",
+        ["nncf", "onnxruntime", "onnx", "numpy"],
+        "peers/nncf_runner.py",
+        "signed",
+    ),
 }
 
 

@@ -12,7 +12,8 @@ NOTE = {
     "ort-percentile": "ORT quantize_static Percentile",
     "modelopt-entropy": "Model Optimizer entropy",
     "modelopt-max": "Model Optimizer max",
-    "nncf": "NNCF (default preset)",
+    "nncf": "NNCF (default preset; UINT8 activations, not TensorRT-deployable)",
+    "nncf-signed": "NNCF, activations forced signed INT8 (TensorRT-deployable)",
 }
 
 
