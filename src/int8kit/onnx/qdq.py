@@ -39,6 +39,26 @@ def _ensure_opset(model):
     return version_converter.convert_version(model, MIN_OPSET)
 
 
+def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric int8 of a weight: (int8 values, float32 scales along ``axis``),
+    scale = max|w| of the channel / 127 — what TensorRT reads from the weight's DequantizeLinear."""
+    w = np.asarray(w, np.float32)
+    axis = axis % w.ndim
+    scales = np.array([safe_amax(a) for a in weight_amax(w, axis)], np.float32) / np.float32(127.0)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(w / scales.reshape(shape)), -127, 127).astype(np.int8)
+    return q, scales
+
+
+def dequantized_weight(w: np.ndarray, axis: int) -> np.ndarray:
+    """The float weight the Q/DQ model computes with: quantize_weight's int8 times its scales."""
+    q, scales = quantize_weight(w, axis)
+    shape = [1] * q.ndim
+    shape[axis % q.ndim] = -1
+    return q.astype(np.float32) * scales.reshape(shape)
+
+
 def insert_qdq(model, placement: Placement, amax: dict[str, float]):
     """Return a copy of ``model`` with Q/DQ inserted; tensors without an amax are left float."""
     onnx = require("onnx", "writing Q/DQ models")
@@ -88,12 +108,7 @@ def insert_qdq(model, placement: Placement, amax: dict[str, float]):
         if key not in done:
             w = numpy_helper.to_array(inits[wq.initializer]).astype(np.float32)
             axis = wq.axis % w.ndim
-            scales = np.array(
-                [safe_amax(a) for a in weight_amax(w, axis)], np.float32
-            ) / np.float32(127.0)
-            shape = [1] * w.ndim
-            shape[axis] = -1
-            q = np.clip(np.round(w / scales.reshape(shape)), -127, 127).astype(np.int8)
+            q, scales = quantize_weight(w, axis)
             base = f"{wq.initializer}_axis{axis}" if wq.axis != 0 else wq.initializer
             new_inits += [
                 numpy_helper.from_array(q, f"{base}_quantized"),

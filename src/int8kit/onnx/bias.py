@@ -1,0 +1,265 @@
+"""Bias correction: shift the float bias of every layer with int8 weights so that the layer's
+expected output in the Q/DQ model equals its expected FP32 output.
+
+Rounding a weight to int8 changes what a layer computes on average, not only its noise: for an
+output channel o, E[y_q - y][o] = sum (Wq - W)[o, i, k] * E[x][i] (Nagel et al., "Data-Free
+Quantization", empirical bias correction; NNCF's FastBiasCorrection). That mean error is largest
+where channels have few weights (depthwise convolutions) and it accumulates through the network.
+Subtracting it from the bias costs nothing at inference time and stays inside what TensorRT runs
+(biases are float; the weight's Q/DQ is unchanged).
+
+With ``quantized_means`` (the mean of the layer's input as the Q/DQ model sees it) the shift also
+removes the mean error that activation quantization and upstream layers bring in:
+delta[o] = sum W[o] * E[x] - sum Wq[o] * E[x_q].
+
+    layers = bias_layers(model, placement)
+    means = input_means(model, layers, batches)                  # FP32 input means
+    corrected, summary = correct_biases(model, placement, means)
+    qdq_model, _ = insert_qdq(corrected, placement, amax)        # same placement, same weights
+
+Per-channel means ignore zero padding at the borders (as both references do). Supported: Conv
+(any group count), Gemm (alpha, beta, transA, transB), MatMul with a 2-D constant weight (its
+bias is the constant of the Add that follows, or a new Add). A layer without a bias gets one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from int8kit._deps import require
+from int8kit.calib.collector import safe_amax
+from int8kit.onnx.placement import Placement, _attrs
+from int8kit.onnx.qdq import dequantized_weight
+
+
+@dataclass
+class BiasLayer:
+    """A layer whose bias can be corrected: its node, weight, input and where its bias lives."""
+
+    node: str
+    op_type: str
+    weight: str  # initializer name
+    weight_axis: int  # the per-channel quantization axis (placement's)
+    input: str  # the activation the layer reads in the FP32 model
+    input_axis: int  # channel axis of that input (Conv 1, Gemm 1 or 0 with transA, MatMul -1)
+    bias_add: str | None = None  # MatMul: name of the Add node holding its bias, if any
+
+
+@dataclass
+class BiasSummary:
+    corrected: list[str] = field(default_factory=list)  # node names
+    bias_added: list[str] = field(default_factory=list)  # nodes that had no bias before
+    skipped: dict[str, str] = field(default_factory=dict)  # node -> why
+    mean_abs_shift: float = 0.0  # mean |delta| over every corrected channel
+
+
+def _bias_add_after(graph, node, consumers, inits) -> str | None:
+    """The Add node that adds a constant to ``node``'s output and is its only reader."""
+    readers = consumers.get(node.output[0], [])
+    if len(readers) != 1 or readers[0].op_type != "Add":
+        return None
+    add = readers[0]
+    other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+    return add.name if other in inits else None
+
+
+def bias_layers(model, placement: Placement) -> tuple[list[BiasLayer], dict[str, str]]:
+    """The layers of ``model`` whose weight ``placement`` quantizes and whose bias can be shifted,
+    and {node: why not} for the other weight-quantized layers."""
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    nodes = {n.name: n for n in graph.node}
+    layers, skipped = [], {}
+    for (name, idx), wq in placement.weights.items():
+        node = nodes.get(name)
+        if node is None or idx != 1:
+            skipped[name] = "weight is not input 1"
+            continue
+        a = _attrs(node)
+        x = node.input[0]
+        if node.op_type == "Conv":
+            layers.append(BiasLayer(name, "Conv", wq.initializer, wq.axis, x, 1))
+        elif node.op_type == "Gemm":
+            if len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
+                skipped[name] = "Gemm bias C is not a constant"
+            elif a.get("beta", 1.0) == 0.0 and len(node.input) > 2 and node.input[2]:
+                skipped[name] = "Gemm with beta 0"
+            else:
+                axis = 0 if a.get("transA", 0) else 1
+                layers.append(BiasLayer(name, "Gemm", wq.initializer, wq.axis, x, axis))
+        elif node.op_type == "MatMul":
+            w = next(i for i in graph.initializer if i.name == wq.initializer)
+            if len(w.dims) != 2:
+                skipped[name] = f"MatMul weight of rank {len(w.dims)}"
+                continue
+            add = _bias_add_after(graph, node, consumers, inits)
+            layers.append(BiasLayer(name, "MatMul", wq.initializer, wq.axis, x, -1, add))
+        else:
+            skipped[name] = f"{node.op_type} is not corrected"
+    return layers, skipped
+
+
+def input_means(
+    model,
+    layers: list[BiasLayer],
+    batches: Iterable[dict[str, np.ndarray]],
+    amax: dict[str, float] | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-channel mean of each layer's input over ``batches``, keyed by the FP32 input name.
+
+    ``model`` is the FP32 model (FP32 means) or a Q/DQ model made from it with the same node
+    names (the value the layer really reads, after its DequantizeLinear). With ``amax``, an input
+    that has a range is fake-quantized (int8, scale amax/127) before it is averaged: the mean the
+    layer reads when only its own input is quantized — clipping included, upstream error not."""
+    from int8kit.onnx.observe import expose, make_session
+
+    nodes = {n.name: n for n in model.graph.node}
+    read = {}  # tensor read in ``model`` -> (FP32 name, channel axis)
+    for layer in layers:
+        node = nodes.get(layer.node)
+        if node is not None:
+            read.setdefault(node.input[0], (layer.input, layer.input_axis))
+    names = list(read)
+    session = make_session(expose(model, names), optimize=False)
+    feeds = {i.name for i in session.get_inputs()}
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for batch in batches:
+        values = session.run(names, {k: v for k, v in batch.items() if k in feeds})
+        for name, v in zip(names, values, strict=True):
+            if amax and read[name][0] in amax:
+                scale = np.float32(safe_amax(amax[read[name][0]]) / 127.0)
+                v = np.clip(np.round(v / scale), -128, 127) * scale
+            axis = read[name][1] % v.ndim
+            axes = tuple(a for a in range(v.ndim) if a != axis)
+            s = v.astype(np.float64).sum(axis=axes)
+            sums[name] = sums.get(name, 0.0) + s
+            counts[name] = counts.get(name, 0) + v.size // v.shape[axis]
+    return {read[n][0]: (sums[n] / counts[n]).astype(np.float64) for n in sums}
+
+
+def _expected(op: BiasLayer, w: np.ndarray, m: np.ndarray, attrs: dict) -> np.ndarray:
+    """E[layer(x)] per output channel, without bias, for inputs of per-channel mean ``m``."""
+    if op.op_type == "Conv":
+        groups = int(attrs.get("group", 1))
+        out_ch, in_per_group = w.shape[0], w.shape[1]
+        if m.size != groups * in_per_group:
+            raise ValueError(f"{op.node}: {m.size} input channel means for {groups}x{in_per_group}")
+        wsum = w.reshape(out_ch, in_per_group, -1).sum(axis=2)
+        m_of = m.reshape(groups, in_per_group)[np.arange(out_ch) // (out_ch // groups)]
+        return (wsum * m_of).sum(axis=1)
+    if op.op_type == "Gemm":
+        b = w.T if attrs.get("transB", 0) else w  # (K, N)
+        return float(attrs.get("alpha", 1.0)) * (m @ b)
+    return m @ w  # MatMul, w (K, N)
+
+
+def correct_biases(
+    model,
+    placement: Placement,
+    means: dict[str, np.ndarray],
+    quantized_means: dict[str, np.ndarray] | None = None,
+):
+    """Return (a copy of ``model`` with corrected float biases, BiasSummary).
+
+    ``means``: per-channel FP32 mean of each layer's input (``input_means`` of the FP32 model).
+    ``quantized_means``: the same measured in the Q/DQ model; when given, the shift also cancels
+    the mean error of activation quantization and of the layers before. Weights are rounded
+    exactly as ``insert_qdq`` rounds them; call it afterwards with the same placement."""
+    onnx = require("onnx", "bias correction")
+    from onnx import helper, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    layers, skipped = bias_layers(out, placement)
+    summary = BiasSummary(skipped=dict(skipped))
+    inits = {i.name: i for i in graph.initializer}
+    nodes = {n.name: n for n in graph.node}
+    shifts = []
+    new_nodes: dict[str, object] = {}  # MatMul name -> Add inserted after it
+    for layer in layers:
+        m = means.get(layer.input)
+        if m is None:
+            summary.skipped[layer.node] = f"no mean for input {layer.input}"
+            continue
+        m = np.asarray(m, np.float64)
+        mq = np.asarray(quantized_means.get(layer.input, m) if quantized_means else m, np.float64)
+        node = nodes[layer.node]
+        attrs = _attrs(node)
+        w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
+        wq = dequantized_weight(w, layer.weight_axis)
+        try:
+            delta = _expected(layer, w.astype(np.float64), m, attrs) - _expected(
+                layer, wq.astype(np.float64), mq, attrs
+            )
+        except ValueError as exc:
+            summary.skipped[layer.node] = str(exc)
+            continue
+        if layer.op_type == "Gemm":
+            beta = float(attrs.get("beta", 1.0))
+            delta = delta / beta
+        name = f"{layer.node}_bias_corrected"
+        add = nodes[layer.bias_add] if layer.bias_add else None
+        if add is not None:
+            k = 1 if add.input[0] == node.output[0] else 0
+            old_name = add.input[k]
+        else:
+            old_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+            if layer.op_type == "MatMul":
+                old_name = None
+        old = (
+            numpy_helper.to_array(inits[old_name]).astype(np.float32)
+            if old_name
+            else np.zeros(0, np.float32)
+        )
+        if old.size > 1 and (old.size != delta.size or old.shape[-1] != delta.size):
+            summary.skipped[layer.node] = f"bias of shape {old.shape} for {delta.size} channels"
+            continue
+        if add is not None:
+            add.input[k] = name
+        elif layer.op_type == "MatMul":
+            y = node.output[0]
+            node.output[0] = f"{y}_before_bias"
+            new_nodes[layer.node] = helper.make_node(
+                "Add", [node.output[0], name], [y], name=f"{layer.node}_bias"
+            )
+            summary.bias_added.append(layer.node)
+        elif old_name:
+            node.input[2] = name
+        else:
+            while len(node.input) < 2:
+                node.input.append("")
+            if len(node.input) == 2:
+                node.input.append(name)
+            else:
+                node.input[2] = name
+            summary.bias_added.append(layer.node)
+        bias = (old.reshape(-1) if old.size else np.float32(0)) + delta.astype(np.float32)
+        graph.initializer.append(numpy_helper.from_array(bias.astype(np.float32), name))
+        shifts.append(np.abs(delta))
+        summary.corrected.append(layer.node)
+    if new_nodes:
+        ordered = []
+        for n in graph.node:
+            ordered.append(n)
+            if n.name in new_nodes:
+                ordered.append(new_nodes[n.name])
+        del graph.node[:]
+        graph.node.extend(ordered)
+    used = {name for n in graph.node for name in n.input}
+    dropped = {i.name for i in graph.initializer if i.name not in used}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    for vi in [vi for vi in graph.input if vi.name in dropped]:
+        graph.input.remove(vi)  # old exporters list initializers as graph inputs too
+    summary.mean_abs_shift = float(np.concatenate(shifts).mean()) if shifts else 0.0
+    return out, summary

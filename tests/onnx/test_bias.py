@@ -1,0 +1,171 @@
+import models
+import numpy as np
+import pytest
+from onnx import helper, numpy_helper
+
+from int8kit.onnx.bias import bias_layers, correct_biases, input_means
+from int8kit.onnx.observe import make_session
+from int8kit.onnx.placement import Placement, plan
+from int8kit.onnx.qdq import insert_qdq
+
+
+def conv_model(c_in=4, c_out=4, group=1, bias=True, pads=0):
+    nodes = [
+        helper.make_node(
+            "Conv",
+            ["x", "w"] + (["b"] if bias else []),
+            ["y"],
+            name="conv",
+            group=group,
+            pads=[pads] * 4,
+        )
+    ]
+    inits = [models.weight("w", (c_out, c_in // group, 3, 3), 11)]
+    if bias:
+        inits.append(numpy_helper.from_array(np.linspace(-1, 1, c_out).astype(np.float32), "b"))
+    size = 8 - 2 + 2 * pads
+    return models.model(
+        nodes,
+        [models.value("x", (None, c_in, 8, 8))],
+        [models.value("y", (None, c_out, size, size))],
+        inits,
+    )
+
+
+def data(shape, seed=0, mean=None):
+    """Inputs whose channels have clearly non-zero, different means."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32)
+    if mean is None:
+        mean = np.linspace(0.5, 3.0, shape[1]).astype(np.float32)
+    return x + mean.reshape([1, -1] + [1] * (len(shape) - 2))
+
+
+def run(m, x, optimize=False):
+    return make_session(m, optimize=optimize).run(None, {"x": x})[0]
+
+
+def channel_error(fp32, q, x, axis=1):
+    """|mean over everything but ``axis`` of (INT8 output - FP32 output)| per channel."""
+    d = run(q, x) - run(fp32, x)
+    return np.abs(d.mean(axis=tuple(a for a in range(d.ndim) if a != axis)))
+
+
+def weights_only(m):
+    return Placement(activations={}, weights=plan(m).weights)
+
+
+@pytest.mark.parametrize("c_in,c_out,group", [(4, 6, 1), (4, 4, 4), (4, 6, 2)])
+def test_conv_mean_error_is_cancelled(c_in, c_out, group):
+    m = conv_model(c_in, c_out, group)
+    p = weights_only(m)
+    x = data((16, c_in, 8, 8))
+    layers, _ = bias_layers(m, p)
+    fixed, summary = correct_biases(m, p, input_means(m, layers, [{"x": x}]))
+    assert summary.corrected == ["conv"] and not summary.bias_added
+    before = channel_error(m, insert_qdq(m, p, {})[0], x)
+    after = channel_error(m, insert_qdq(fixed, p, {})[0], x)
+    assert before.max() > 2e-3  # the rounding does shift the mean
+    # Per-channel means stand for every kernel tap's window: what is left is their spread.
+    assert after.max() < before.max() / 50
+
+
+def test_depthwise_uses_each_channels_own_mean():
+    """Depthwise: channel o only sees input channel o; a shift computed with a full-sum over
+    input channels (group ignored) would be wrong by far more than the tolerance."""
+    m = conv_model(4, 4, group=4)
+    p = weights_only(m)
+    means = {"x": np.array([4.0, -3.0, 0.5, 2.0])}
+    fixed, _ = correct_biases(m, p, means)
+    w = numpy_helper.to_array(m.graph.initializer[0]).astype(np.float64)
+    from int8kit.onnx.qdq import dequantized_weight
+
+    dw = dequantized_weight(w.astype(np.float32), 0) - w
+    expect = np.linspace(-1, 1, 4) - dw.reshape(4, -1).sum(axis=1) * means["x"]
+    got = {i.name: numpy_helper.to_array(i) for i in fixed.graph.initializer}["conv_bias_corrected"]
+    np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-7)
+
+
+def test_input_model_is_untouched_and_layer_without_bias_gets_one():
+    m = conv_model(bias=False)
+    before = m.SerializeToString()
+    p = weights_only(m)
+    fixed, summary = correct_biases(m, p, {"x": np.full(4, 2.0)})
+    assert m.SerializeToString() == before
+    assert summary.bias_added == ["conv"] and summary.corrected == ["conv"]
+    conv = fixed.graph.node[0]
+    assert list(conv.input) == ["x", "w", "conv_bias_corrected"]
+    x = data((8, 4, 8, 8), mean=np.full(4, 2.0, np.float32))
+    assert (
+        channel_error(m, insert_qdq(fixed, p, {})[0], x).max()
+        < channel_error(m, insert_qdq(m, p, {})[0], x).max() / 10
+    )
+
+
+def gemm_model(trans_b, alpha, beta, with_c=True):
+    w = (8, 5) if trans_b else (5, 8)
+    inputs = ["x", "w"] + (["c"] if with_c else [])
+    node = helper.make_node(
+        "Gemm", inputs, ["y"], name="fc", transB=trans_b, alpha=alpha, beta=beta
+    )
+    inits = [models.weight("w", w, 12)]
+    if with_c:
+        inits.append(numpy_helper.from_array(np.full((1, 8), 0.25, np.float32), "c"))
+    return models.model(
+        [node], [models.value("x", (None, 5))], [models.value("y", (None, 8))], inits
+    )
+
+
+def matmul_model(with_add):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m" if with_add else "y"], name="mm")]
+    inits = [models.weight("w", (5, 8), 13)]
+    if with_add:
+        nodes.append(helper.make_node("Add", ["m", "b"], ["y"], name="add"))
+        inits.append(numpy_helper.from_array(np.full(8, -0.5, np.float32), "b"))
+    return models.model(
+        nodes, [models.value("x", (None, 5))], [models.value("y", (None, 8))], inits
+    )
+
+
+@pytest.mark.parametrize(
+    "m",
+    [
+        gemm_model(1, 0.5, 2.0),
+        gemm_model(0, 1.5, 1.0),
+        gemm_model(1, 1.0, 1.0, with_c=False),
+        matmul_model(True),
+        matmul_model(False),
+    ],
+    ids=["gemm-transB", "gemm", "gemm-no-C", "matmul-add", "matmul"],
+)
+def test_gemm_and_matmul(m):
+    p = weights_only(m)
+    x = data((64, 5), seed=3)
+    layers, _ = bias_layers(m, p)
+    fixed, summary = correct_biases(m, p, input_means(m, layers, [{"x": x}]))
+    assert len(summary.corrected) == 1
+    q = insert_qdq(fixed, p, {})[0]
+    assert [o.name for o in q.graph.output] == ["y"]
+    before = channel_error(m, insert_qdq(m, p, {})[0], x)
+    after = channel_error(m, q, x)
+    assert before.max() > 1e-3 and after.max() < 1e-5
+
+
+def test_quantized_means_also_cancel_activation_clipping():
+    """An activation amax that clips the input shifts the mean too; only the correction that
+    is given the Q/DQ model's own input means removes that part."""
+    m = conv_model(4, 6)
+    p = plan(m)
+    amax = {"x": 2.0}  # inputs reach ~6: clipping biases the mean down
+    x = data((16, 4, 8, 8))
+    layers, _ = bias_layers(m, p)
+    means = input_means(m, layers, [{"x": x}])
+    qmeans = input_means(insert_qdq(m, p, amax)[0], layers, [{"x": x}])
+    assert all(qmeans["x"] < means["x"])
+    fp32_only, _ = correct_biases(m, p, means)
+    both, _ = correct_biases(m, p, means, qmeans)
+    err_none = channel_error(m, insert_qdq(m, p, amax)[0], x)
+    err_fp32 = channel_error(m, insert_qdq(fp32_only, p, amax)[0], x)
+    err_both = channel_error(m, insert_qdq(both, p, amax)[0], x)
+    assert err_fp32.max() > err_none.max() / 2  # the weight-only shift leaves clipping alone
+    assert err_both.max() < err_none.max() / 50
