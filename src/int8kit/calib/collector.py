@@ -7,28 +7,16 @@ the Model Optimizer calibrator contract: ``collect(x)``, ``reset()``, ``compute_
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 
-from int8kit.calib import methods
+from int8kit.calib import kernels, methods
 
 DEFAULT_BINS = 2048
 # A histogram that would grow past this many bins (a far outlier) merges neighbouring bins by an
 # integer factor instead: the counts stay exact, only the resolution coarsens.
 MAX_BINS = 1 << 17
-
-# np.add.at got a fast path in NumPy 2.0 (before, it was ~10x slower than bincount).
-_FAST_ADD_AT = int(np.__version__.split(".")[0]) >= 2
-_scratch = threading.local()  # one reusable index buffer per thread, grown to the largest tensor
-
-
-def _index_buffer(n: int) -> np.ndarray:
-    buf = getattr(_scratch, "index", None)
-    if buf is None or buf.size < n:
-        buf = _scratch.index = np.empty(n, dtype=np.intp)
-    return buf[:n]
 
 
 @dataclass
@@ -110,25 +98,9 @@ class HistogramCollector:
             self.counts = np.zeros(self.num_bins, dtype=np.int64)
             self.counts[0] += self._pending_zeros
             self._pending_zeros = 0
-        nbins = self.counts.size
-        if batch_amax > nbins * self.width:
+        if batch_amax > self.counts.size * self.width:
             self._grow(batch_amax)
-            nbins = self.counts.size
-        # One pass scales x and truncates straight into a reused integer buffer (float32
-        # product, cast toward zero: |trunc(x * s)| == trunc(|x| * s)), one pass takes |.|,
-        # then the indices are counted (anything past the last bin goes into the last bin).
-        idx = _index_buffer(x.size)
-        np.multiply(x, np.float32(1.0 / self.width), out=idx, casting="unsafe")
-        np.abs(idx, out=idx)
-        if _FAST_ADD_AT:  # unbuffered in-place add: no temporary histogram, ~1.5x bincount
-            np.minimum(idx, nbins - 1, out=idx)
-            np.add.at(self.counts, idx, 1)
-            return
-        binned = np.bincount(idx, minlength=nbins)
-        if binned.size > nbins:
-            binned[nbins - 1] = binned[nbins - 1 :].sum()
-            binned = binned[:nbins]
-        self.counts += binned
+        kernels.add_counts(x, np.float32(1.0 / self.width), self.counts)
 
     def _grow(self, new_amax: float) -> None:
         assert self.counts is not None
