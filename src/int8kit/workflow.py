@@ -1,8 +1,13 @@
 """The main job: calibrate an FP32 ONNX model and write what TensorRT and ONNX Runtime read.
 
-``quantize_onnx(config)`` -> ``model.int8.onnx`` (explicit Q/DQ), ``model.int8.calib.cache``
-(TensorRT implicit INT8), ``model.int8.ranges.json`` (per-tensor amax, statistics, the config).
-``calibrate_onnx(config)`` writes only the cache and the ranges.
+``quantize_onnx(config)`` -> ``model.int8.onnx`` (explicit Q/DQ) and ``model.int8.ranges.json``
+(per-tensor amax, statistics, the config); with ``write_cache`` also ``model.int8.calib.cache``
+(TensorRT implicit INT8, legacy: removed in TensorRT 11). ``calibrate_onnx(config)`` writes only
+the cache and the ranges.
+
+Only the tensors that get Q/DQ are calibrated unless the cache is asked for: the cache needs a
+range for every activation, which is 2-3x the histogram work (and makes ONNX Runtime expose every
+tensor, which blocks its layout optimisations).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,6 +76,7 @@ class QuantizeConfig:
     ranges: str | None = None  # reuse this ranges.json instead of calibrating
     task: str = "auto"  # how fidelity is reported: auto | raw | classify | detect
     write_qdq: bool = True
+    write_cache: bool = False  # the TensorRT calibration cache: every activation is calibrated
     # Fallback (analysis/fallback.py): leave the most sensitive layers unquantized until the
     # held-out fidelity reaches the target. SQNR: worst output part (detector: box and score).
     target_sqnr: float | None = None
@@ -141,6 +148,7 @@ class QuantizeConfig:
             "ranges": self.ranges,
             "task": self.task,
             "write_qdq": self.write_qdq,
+            "write_cache": self.write_cache,
             "target_sqnr": self.target_sqnr,
             "target_top1": self.target_top1,
             "sensitivity_samples": self.sensitivity_samples,
@@ -162,6 +170,7 @@ class QuantizeConfig:
             ranges=d.get("ranges"),
             task=d.get("task", "auto"),
             write_qdq=d.get("write_qdq", True),
+            write_cache=d.get("write_cache", False),
             target_sqnr=d.get("target_sqnr"),
             target_top1=d.get("target_top1"),
             sensitivity_samples=d.get("sensitivity_samples", 8),
@@ -193,11 +202,16 @@ class QuantizeResult:
 
 
 def calibrate(
-    model, batches, calib: CalibConfig, total: int | None = None, candidates_for=frozenset()
+    model,
+    batches,
+    calib: CalibConfig,
+    total: int | None = None,
+    candidates_for=frozenset(),
+    names: list[str] | None = None,
 ) -> Ranges:
-    """Ranges of every floating-point activation of ``model`` over ``batches`` (streamed).
-
-    Tensors in ``candidates_for`` also record the amax every method would pick."""
+    """Ranges of the activations ``names`` of ``model`` (default: every floating-point one)
+    over ``batches`` (streamed). Tensors in ``candidates_for`` also record the amax every method
+    would pick."""
     from int8kit.data import progress
     from int8kit.onnx.observe import observe
 
@@ -207,17 +221,23 @@ def calibrate(
         model,
         progress(batches, total=total, desc="calibrating"),
         lambda: HistogramCollector(calib.num_bins, keep_histogram=keep_hist),
+        names=names,
     )
     if not collectors:
         raise DataError("calibration saw no data: the data source produced no batch")
-    ranges = Ranges()
-    for name, c in collectors.items():
+
+    def tensor_range(item) -> TensorRange:
+        name, c = item
         cands = {}
         if name in candidates_for:
             cands = {m: c.compute_amax(m, calib.percentile) for m in METHODS}
         amax = cands[method] if cands else c.compute_amax(method, calib.percentile)
-        ranges.tensors[name] = TensorRange(amax, method, c.stats.to_dict(), cands)
-    return ranges
+        return TensorRange(amax, method, c.stats.to_dict(), cands)
+
+    # The histogram searches are vectorised NumPy that mostly releases the GIL: threads help.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        found = pool.map(tensor_range, collectors.items())
+        return Ranges(tensors=dict(zip(collectors, found, strict=True)))
 
 
 def _load(config: QuantizeConfig):
@@ -252,8 +272,11 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     result = QuantizeResult(config, outputs={})
     placement = plan(model, config.placement) if config.write_qdq else None
     searching = config.calib.method == "search" and placement is not None
+    cache_wanted = config.write_cache or not config.write_qdq
     if config.ranges:
         ranges = Ranges.read(config.ranges)
+        if cache_wanted:
+            _check_covers(ranges, model, config.ranges)
     else:
         t1 = time.perf_counter()
         ranges = calibrate(
@@ -262,6 +285,7 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
             config.calib,
             total=len(calib_src),
             candidates_for=set(placement.activations) if searching else frozenset(),
+            names=None if cache_wanted else list(placement.activations),
         )
         if searching:
             result.search = _search(model, placement, ranges, calib_src, config.calib)
@@ -293,9 +317,10 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         _check(qdq_model)
         save_model(qdq_model, config.output)
         result.outputs["qdq_onnx"] = Path(config.output)
-    cache = ranges.to_cache(config.calib.cache_version, config.calib.cache_algorithm)
-    cache.write(config.cache_path)
-    result.outputs["cache"] = config.cache_path
+    if cache_wanted:
+        cache = ranges.to_cache(config.calib.cache_version, config.calib.cache_algorithm)
+        cache.write(config.cache_path)
+        result.outputs["cache"] = config.cache_path
     ranges.write(config.ranges_path)
     result.outputs["ranges"] = config.ranges_path
 
@@ -310,6 +335,20 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         )
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _check_covers(ranges: Ranges, model, path) -> None:
+    """A cache must give TensorRT a range for every activation; a ranges file from a run without
+    the cache holds only the Q/DQ tensors."""
+    from int8kit.onnx.observe import activation_tensors
+
+    missing = [t for t in activation_tensors(model) if t not in ranges.tensors]
+    if missing:
+        raise DataError(
+            f"{path} has no range for {len(missing)} activation(s) the calibration cache needs "
+            f"(e.g. {missing[0]!r}); it was written without the cache. Calibrate again with "
+            "--cache (or `int8kit calibrate`) instead of reusing it"
+        )
 
 
 def _search(model, placement, ranges: Ranges, source, calib: CalibConfig) -> dict:

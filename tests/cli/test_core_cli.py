@@ -39,6 +39,7 @@ def test_quantize_cli_summary(image_model, tmp_path, capsys):
                 "2",
                 "--method",
                 "percentile",
+                "--cache",
             ]
         )
         == 0

@@ -24,7 +24,11 @@ def test_quantize_writes_three_outputs_and_leaves_the_input_alone(chain, tmp_pat
     model, data = chain
     before = open(model, "rb").read()
     cfg = QuantizeConfig(
-        model, str(tmp_path / "out" / "chain.int8.onnx"), data=DataConfig(data), holdout=3
+        model,
+        str(tmp_path / "out" / "chain.int8.onnx"),
+        data=DataConfig(data),
+        holdout=3,
+        write_cache=True,
     )
     r = quantize_onnx(cfg)
     assert open(model, "rb").read() == before
@@ -49,6 +53,29 @@ def test_quantize_writes_three_outputs_and_leaves_the_input_alone(chain, tmp_pat
     assert QuantizeConfig.from_dict(raw["config"]).to_dict() == raw["config"]  # repeatable
     fid = r.fidelity["trt-like"]["y"]
     assert 15 < fid["sqnr_db"] < 80 and fid["task"] == "classify"
+
+
+def test_without_the_cache_only_qdq_tensors_are_calibrated_to_the_same_model(chain, tmp_path):
+    model, data = chain
+    full = QuantizeConfig(
+        model, str(tmp_path / "full.onnx"), data=DataConfig(data), holdout=0, write_cache=True
+    )
+    lean = QuantizeConfig(model, str(tmp_path / "lean.onnx"), data=DataConfig(data), holdout=0)
+    quantize_onnx(full)
+    r = quantize_onnx(lean)
+    assert "cache" not in r.outputs and not lean.cache_path.exists()
+    full_ranges, lean_ranges = Ranges.read(full.ranges_path), Ranges.read(lean.ranges_path)
+    # Only the tensors that feed a Q/DQ pair (Conv/Pool/Gemm inputs here), with the same amax.
+    assert len(lean_ranges.tensors) == r.activations_quantized < len(full_ranges.tensors)
+    # (equal up to float rounding: ONNX Runtime fuses differently when fewer tensors are exposed)
+    for name, t in lean_ranges.tensors.items():
+        assert t.amax == pytest.approx(full_ranges.tensors[name].amax, rel=1e-5)
+    # Such a ranges file cannot make a cache: TensorRT would miss most tensors' scales.
+    again = QuantizeConfig(
+        model, str(tmp_path / "c.onnx"), ranges=str(lean.ranges_path), write_cache=True
+    )
+    with pytest.raises(DataError, match="no range for .* --cache"):
+        quantize_onnx(again)
 
 
 def test_minmax_amax_is_the_observed_max_of_the_calibration_part(chain, tmp_path):

@@ -226,17 +226,18 @@ def polygraphy_explicit(
 def summary_commands(
     fp32_onnx: PathLike,
     qdq_onnx: PathLike,
-    cache: PathLike,
+    cache: PathLike | None,
     engine_stem: PathLike,
     shapes: Sequence[InputProfile] | None = None,
 ) -> list[tuple[str, str]]:
-    """Labelled trtexec lines for every TensorRT generation, for the end of `int8kit quantize`."""
+    """Labelled trtexec lines for every TensorRT generation, for the end of `int8kit quantize`
+    (the implicit-INT8 line only when a cache was written)."""
     engine = f"{os.fspath(engine_stem)}.engine"
-    return [
-        (
-            "TensorRT 8.6–10.x (implicit, cache)",
-            shell(trtexec_implicit(fp32_onnx, cache, engine, "10.11", profiles=shapes)),
-        ),
+    implicit = []
+    if cache:
+        cmd = trtexec_implicit(fp32_onnx, cache, engine, "10.11", profiles=shapes)
+        implicit.append(("TensorRT 8.6–10.x (implicit, cache)", shell(cmd)))
+    return implicit + [
         (
             "TensorRT 10.x (explicit, --stronglyTyped)",
             shell(trtexec_explicit(qdq_onnx, engine, "10.x", profiles=shapes)),
