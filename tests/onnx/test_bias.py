@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from onnx import helper, numpy_helper
 
-from int8kit.onnx.bias import bias_layers, correct_biases, input_means
+from int8kit.onnx.bias import bias_correct, bias_layers, correct_biases, input_means
 from int8kit.onnx.observe import make_session
 from int8kit.onnx.placement import Placement, plan
 from int8kit.onnx.qdq import insert_qdq
@@ -169,3 +169,13 @@ def test_quantized_means_also_cancel_activation_clipping():
     err_both = channel_error(m, insert_qdq(both, p, amax)[0], x)
     assert err_fp32.max() > err_none.max() / 2  # the weight-only shift leaves clipping alone
     assert err_both.max() < err_none.max() / 50
+
+
+def test_bias_correct_in_one_call_uses_each_layers_own_input_range():
+    m = conv_model(4, 6)
+    p = plan(m)
+    x = data((16, 4, 8, 8))
+    fixed, summary = bias_correct(m, p, [{"x": x}], amax={"x": 2.0})
+    assert summary.corrected == ["conv"]
+    err = channel_error(m, insert_qdq(fixed, p, {"x": 2.0})[0], x)
+    assert err.max() < channel_error(m, insert_qdq(m, p, {"x": 2.0})[0], x).max() / 50
