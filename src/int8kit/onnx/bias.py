@@ -122,6 +122,12 @@ def input_means(
     names (the value the layer really reads, after its DequantizeLinear). With ``amax``, an input
     that has a range is fake-quantized (int8, scale amax/127) before it is averaged: the mean the
     layer reads when only its own input is quantized — clipping included, upstream error not."""
+    plain, quantized = _means(model, layers, batches, amax)
+    return quantized if amax else plain
+
+
+def _means(model, layers, batches, amax):
+    """(plain means, fake-quantized means or None) of every layer input, in one pass."""
     from int8kit.onnx.observe import expose, make_session
 
     nodes = {n.name: n for n in model.graph.node}
@@ -134,19 +140,23 @@ def input_means(
     session = make_session(expose(model, names), optimize=False)
     feeds = {i.name for i in session.get_inputs()}
     sums: dict[str, np.ndarray] = {}
+    qsums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for batch in batches:
         values = session.run(names, {k: v for k, v in batch.items() if k in feeds})
         for name, v in zip(names, values, strict=True):
-            if amax and read[name][0] in amax:
-                scale = np.float32(safe_amax(amax[read[name][0]]) / 127.0)
-                v = np.clip(np.round(v / scale), -128, 127) * scale
             axis = read[name][1] % v.ndim
             axes = tuple(a for a in range(v.ndim) if a != axis)
-            s = v.astype(np.float64).sum(axis=axes)
-            sums[name] = sums.get(name, 0.0) + s
+            sums[name] = sums.get(name, 0.0) + v.astype(np.float64).sum(axis=axes)
             counts[name] = counts.get(name, 0) + v.size // v.shape[axis]
-    return {read[n][0]: (sums[n] / counts[n]).astype(np.float64) for n in sums}
+            if amax:
+                if read[name][0] in amax:
+                    scale = np.float32(safe_amax(amax[read[name][0]]) / 127.0)
+                    v = np.clip(np.round(v / scale), -128, 127) * scale
+                qsums[name] = qsums.get(name, 0.0) + v.astype(np.float64).sum(axis=axes)
+    plain = {read[n][0]: sums[n] / counts[n] for n in sums}
+    quantized = {read[n][0]: qsums[n] / counts[n] for n in qsums} if amax else None
+    return plain, quantized
 
 
 def _expected(op: BiasLayer, w: np.ndarray, m: np.ndarray, attrs: dict) -> np.ndarray:
@@ -278,11 +288,10 @@ def bias_correct(
     """One call: FP32 input means over ``batches`` (one FP32 pass), then ``correct_biases``.
 
     With ``amax`` (the ranges insert_qdq will use) each layer's own input quantization is
-    included (means of the fake-quantized input: a second FP32 pass); upstream error is not,
+    included (means of the fake-quantized input, from the same pass); upstream error is not,
     which keeps the corrections independent of each other."""
     layers, _ = bias_layers(model, placement)
     if not layers:
         return correct_biases(model, placement, {})
-    means = input_means(model, layers, batches)
-    quantized = input_means(model, layers, batches, amax) if amax else None
+    means, quantized = _means(model, layers, batches, amax)
     return correct_biases(model, placement, means, quantized)
