@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from int8kit.calib.cache import ALGORITHMS, DEFAULT_VERSION
@@ -31,14 +31,17 @@ log = logging.getLogger(__name__)
 
 # "search": per quantized tensor, the method whose amax keeps the outputs closest to FP32
 # (onnx/search.py); every other tensor (the cache's) gets entropy.
-ALL_METHODS = METHODS + ("search",)
+# "auto" (the default): minmax for a Q/DQ model, which with bias correction and the input layer
+# kept float is the most faithful choice on the benchmark models (benchmarks/results); entropy
+# for a cache-only run, the ranges TensorRT's own EntropyCalibration2 would compute.
+ALL_METHODS = ("auto",) + METHODS + ("search",)
 
 
 @dataclass
 class CalibConfig:
     """How ranges are computed and how the TensorRT cache is labelled."""
 
-    method: str = "entropy"
+    method: str = "auto"
     percentile: float = 99.99
     num_bins: int = DEFAULT_BINS
     cache_version: int = DEFAULT_VERSION
@@ -62,6 +65,12 @@ class CalibConfig:
                 f"cache_version must be a positive integer such as 8601, got {self.cache_version}"
             )
 
+    def resolve(self, qdq: bool) -> CalibConfig:
+        """This config with ``auto`` replaced by the method it stands for."""
+        if self.method != "auto":
+            return self
+        return replace(self, method="minmax" if qdq else "entropy")
+
 
 @dataclass
 class QuantizeConfig:
@@ -71,12 +80,17 @@ class QuantizeConfig:
     output: str
     data: DataConfig | None = None
     calib: CalibConfig = field(default_factory=CalibConfig)
-    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    placement: PlacementConfig = field(
+        default_factory=lambda: PlacementConfig(quantize_input_layers=False)
+    )
     holdout: int = 4  # images kept out of calibration to measure fidelity (0: none)
     ranges: str | None = None  # reuse this ranges.json instead of calibrating
     task: str = "auto"  # how fidelity is reported: auto | raw | classify | detect
     write_qdq: bool = True
     write_cache: bool = False  # the TensorRT calibration cache: every activation is calibrated
+    # Shift the float biases of layers with int8 weights so their mean output matches FP32
+    # (onnx/bias.py); needs calibration data, changes only the Q/DQ model.
+    bias_correction: bool = True
     # Fallback (analysis/fallback.py): leave the most sensitive layers unquantized until the
     # held-out fidelity reaches the target. SQNR: worst output part (detector: box and score).
     target_sqnr: float | None = None
@@ -149,6 +163,7 @@ class QuantizeConfig:
             "task": self.task,
             "write_qdq": self.write_qdq,
             "write_cache": self.write_cache,
+            "bias_correction": self.bias_correction,
             "target_sqnr": self.target_sqnr,
             "target_top1": self.target_top1,
             "sensitivity_samples": self.sensitivity_samples,
@@ -171,6 +186,7 @@ class QuantizeConfig:
             task=d.get("task", "auto"),
             write_qdq=d.get("write_qdq", True),
             write_cache=d.get("write_cache", False),
+            bias_correction=d.get("bias_correction", False),
             target_sqnr=d.get("target_sqnr"),
             target_top1=d.get("target_top1"),
             sensitivity_samples=d.get("sensitivity_samples", 8),
@@ -199,6 +215,8 @@ class QuantizeResult:
     search: dict = field(default_factory=dict)  # range search summary (method "search")
     fallback: dict = field(default_factory=dict)  # analysis.fallback.FallbackResult as a dict
     fp16: dict = field(default_factory=dict)  # onnx.fp16.FP16Summary as a dict
+    bias_correction: dict = field(default_factory=dict)  # onnx.bias.BiasSummary as a dict
+    method: str = ""  # the range method used (``auto`` resolved)
 
 
 def calibrate(
@@ -211,10 +229,14 @@ def calibrate(
 ) -> Ranges:
     """Ranges of the activations ``names`` of ``model`` (default: every floating-point one)
     over ``batches`` (streamed). Tensors in ``candidates_for`` also record the amax every method
-    would pick."""
+    would pick. ``auto`` means entropy here (``quantize_onnx`` resolves it for a Q/DQ model)."""
     from int8kit.data import progress
     from int8kit.onnx.observe import observe
 
+    calib = calib.resolve(qdq=False)
+
+    if names is not None and not names:
+        return Ranges()  # nothing to quantize (e.g. the only layer reads the network input)
     method = "entropy" if calib.method == "search" else calib.method
     keep_hist = method != "minmax" or bool(candidates_for)
     collectors = observe(
@@ -271,7 +293,9 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     calib_src, holdout_src = _data(config, specs)
     result = QuantizeResult(config, outputs={})
     placement = plan(model, config.placement) if config.write_qdq else None
-    searching = config.calib.method == "search" and placement is not None
+    calib = config.calib.resolve(qdq=config.write_qdq)
+    result.method = calib.method
+    searching = calib.method == "search" and placement is not None
     cache_wanted = config.write_cache or not config.write_qdq
     if config.ranges:
         ranges = Ranges.read(config.ranges)
@@ -282,13 +306,13 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         ranges = calibrate(
             model,
             _record_shapes(calib_src, result.input_shapes),
-            config.calib,
+            calib,
             total=len(calib_src),
             candidates_for=set(placement.activations) if searching else frozenset(),
             names=None if cache_wanted else list(placement.activations),
         )
         if searching:
-            result.search = _search(model, placement, ranges, calib_src, config.calib)
+            result.search = _search(model, placement, ranges, calib_src, calib)
         result.calibration_seconds = time.perf_counter() - t1
         result.images_used = calib_src.stats.used
         result.images_skipped = calib_src.stats.skipped
@@ -306,7 +330,17 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
 
     qdq_model = None
     if placement is not None:
-        qdq_model, summary = insert_qdq(model, placement, ranges.amax())
+        source = model
+        if config.bias_correction and calib_src is None:
+            log.warning("bias correction skipped: it needs calibration data (--calib)")
+            result.bias_correction = {"not_run": "no calibration data"}
+        elif config.bias_correction and placement.weights:
+            from int8kit.onnx.bias import bias_correct
+
+            t1 = time.perf_counter()
+            source, bias = bias_correct(model, placement, calib_src, amax=ranges.amax())
+            result.bias_correction = {**asdict(bias), "seconds": time.perf_counter() - t1}
+        qdq_model, summary = insert_qdq(source, placement, ranges.amax())
         result.activations_quantized = summary.activations
         result.weights_quantized = summary.weights
         if config.high_precision == "fp16":
@@ -318,7 +352,7 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         save_model(qdq_model, config.output)
         result.outputs["qdq_onnx"] = Path(config.output)
     if cache_wanted:
-        cache = ranges.to_cache(config.calib.cache_version, config.calib.cache_algorithm)
+        cache = ranges.to_cache(calib.cache_version, calib.cache_algorithm)
         cache.write(config.cache_path)
         result.outputs["cache"] = config.cache_path
     ranges.write(config.ranges_path)

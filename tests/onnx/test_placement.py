@@ -1,4 +1,5 @@
 import models
+import numpy as np
 import pytest
 
 from int8kit.errors import ModelError
@@ -61,6 +62,39 @@ def test_exclude_and_op_types_narrow_or_widen():
     assert set(p.activations) == {"x", "r1"}
     p = plan(m, PlacementConfig(op_types=["Conv", "Relu"]))
     assert edges(p, "bn1") == [("relu1", 0)]
+
+
+def test_layers_reading_the_network_input_can_stay_float():
+    from onnx import helper, numpy_helper
+
+    # x -> Transpose -> Div(255) -> conv1 -> Relu -> conv2;  x also feeds conv_side directly
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], name="nhwc2nchw", perm=[0, 3, 1, 2]),
+        helper.make_node("Div", ["t", "k"], ["n"], name="div"),
+        helper.make_node("Conv", ["n", "w1"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2"),
+        helper.make_node("Conv", ["n", "w3"], ["c3"], name="conv_side"),
+        helper.make_node("Add", ["c2", "c3"], ["y"], name="add"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(255, np.float32), "k"),
+        models.weight("w1", (4, 3, 1, 1), 1),
+        models.weight("w2", (4, 4, 1, 1), 2),
+        models.weight("w3", (4, 3, 1, 1), 3),
+    ]
+    m = models.model(
+        nodes, [models.value("x", (1, 8, 8, 3))], [models.value("y", (1, 4, 8, 8))], inits
+    )
+    everything = plan(m)
+    assert {"n", "r1"} <= set(everything.activations)
+    assert {k[0] for k in everything.weights} == {"conv1", "conv2", "conv_side"}
+    p = plan(m, PlacementConfig(quantize_input_layers=False))
+    assert set(p.kept_float) == {"conv1", "conv_side"}
+    assert "n" not in p.activations and edges(p, "r1") == [("conv2", 0)]
+    assert {k[0] for k in p.weights} == {"conv2"}
+    cfg = PlacementConfig(quantize_input_layers=False)
+    assert PlacementConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def test_bad_config_and_already_quantized_model_are_refused():

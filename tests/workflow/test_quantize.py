@@ -9,6 +9,7 @@ from onnx import helper
 from int8kit.calib.cache import CalibrationCache
 from int8kit.data import DataConfig
 from int8kit.errors import DataError
+from int8kit.onnx.placement import PlacementConfig
 from int8kit.ranges import Ranges
 from int8kit.workflow import CalibConfig, QuantizeConfig, calibrate_onnx, quantize_onnx
 
@@ -47,9 +48,9 @@ def test_quantize_writes_three_outputs_and_leaves_the_input_alone(chain, tmp_pat
     assert set(cache.scales) == expected == set(ranges.tensors)
     for name, t in ranges.tensors.items():
         assert cache.scales[name] == pytest.approx(t.amax / 127, rel=1e-6)
-        assert t.method == "entropy" and t.stats["count"] > 0 and t.stats["nan"] == 0
+        assert t.method == "minmax" and t.stats["count"] > 0 and t.stats["nan"] == 0
     raw = json.load(open(cfg.ranges_path))
-    assert raw["config"]["calib"]["method"] == "entropy"
+    assert raw["config"]["calib"]["method"] == "auto" and r.method == "minmax"
     assert QuantizeConfig.from_dict(raw["config"]).to_dict() == raw["config"]  # repeatable
     fid = r.fidelity["trt-like"]["y"]
     assert 15 < fid["sqnr_db"] < 80 and fid["task"] == "classify"
@@ -85,6 +86,7 @@ def test_minmax_amax_is_the_observed_max_of_the_calibration_part(chain, tmp_path
         str(tmp_path / "m.int8.onnx"),
         data=DataConfig(data),
         calib=CalibConfig(method="minmax"),
+        placement=PlacementConfig(quantize_input_layers=True),
         holdout=2,
     )
     quantize_onnx(cfg)
@@ -96,15 +98,22 @@ def test_reusing_ranges_reproduces_the_same_model(chain, tmp_path):
     model, data = chain
     a = QuantizeConfig(model, str(tmp_path / "a.onnx"), data=DataConfig(data), holdout=0)
     quantize_onnx(a)
-    b = QuantizeConfig(model, str(tmp_path / "b.onnx"), ranges=str(a.ranges_path), holdout=0)
+    # the same data again: bias correction measures the same means
+    b = QuantizeConfig(
+        model, str(tmp_path / "b.onnx"), data=DataConfig(data), ranges=str(a.ranges_path), holdout=0
+    )
     quantize_onnx(b)
     assert open(a.output, "rb").read() == open(b.output, "rb").read()
+    # without data there is nothing to correct the biases with: said, not silently different
+    c = QuantizeConfig(model, str(tmp_path / "c.onnx"), ranges=str(a.ranges_path), holdout=0)
+    assert quantize_onnx(c).bias_correction == {"not_run": "no calibration data"}
 
 
 def test_calibrate_only_writes_cache_and_ranges(chain, tmp_path):
     model, data = chain
     out = tmp_path / "chain.calib.cache"
-    calibrate_onnx(QuantizeConfig(model, str(out), data=DataConfig(data)))
+    r = calibrate_onnx(QuantizeConfig(model, str(out), data=DataConfig(data)))
+    assert r.method == "entropy"  # auto: what TensorRT's EntropyCalibration2 computes
     assert sorted(
         p.name for p in tmp_path.iterdir() if "calib" in p.name and p.suffix != ".npz"
     ) == ["chain.calib.cache", "chain.calib.ranges.json"]
@@ -116,6 +125,17 @@ def test_two_input_model_with_npz(tmp_path):
     data = models.save_npz(tmp_path / "d.npz", n=6, a=(1, 3, 8, 8), b=(1, 3, 8, 8))
     r = quantize_onnx(
         QuantizeConfig(model, str(tmp_path / "two.int8.onnx"), data=DataConfig(data), holdout=1)
+    )
+    # both convs read a network input: by default they stay float, only the Add is quantized
+    assert r.activations_quantized == 1 and r.weights_quantized == 0
+    r = quantize_onnx(
+        QuantizeConfig(
+            model,
+            str(tmp_path / "all.int8.onnx"),
+            data=DataConfig(data),
+            placement=PlacementConfig(quantize_input_layers=True),
+            holdout=1,
+        )
     )
     assert r.activations_quantized == 3 and r.weights_quantized == 2
 
@@ -150,7 +170,11 @@ def test_nan_and_inf_activations_are_reported(tmp_path):
     np.save(tmp_path / "x.npy", x)
     r = quantize_onnx(
         QuantizeConfig(
-            path, str(tmp_path / "q.onnx"), data=DataConfig(str(tmp_path / "x.npy")), holdout=0
+            path,
+            str(tmp_path / "q.onnx"),
+            data=DataConfig(str(tmp_path / "x.npy")),
+            placement=PlacementConfig(quantize_input_layers=True),
+            holdout=0,
         )
     )
     assert r.nonfinite["l"] == (1, 1)
@@ -176,7 +200,9 @@ def test_search_never_does_worse_than_its_starting_point(chain, tmp_path):
 
 
 def test_config_validation_messages(tmp_path):
-    with pytest.raises(ValueError, match="choose one of entropy, minmax, percentile, mse, search"):
+    with pytest.raises(
+        ValueError, match="choose one of auto, entropy, minmax, percentile, mse, search"
+    ):
         CalibConfig(method="kl")
     with pytest.raises(ValueError, match="give calibration data"):
         QuantizeConfig("m.onnx", "o.onnx")

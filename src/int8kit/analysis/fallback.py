@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -172,7 +172,7 @@ def run_fallback(model, placement: Placement, ranges, calib_src, holdout_src, co
     checked on the held-out split; the new placement is ``plan`` with the anchored node-name
     regexes added to ``--exclude``, exactly what a rerun with those flags produces."""
     from int8kit.data import progress
-    from int8kit.onnx.placement import PlacementConfig, plan
+    from int8kit.onnx.placement import plan
 
     found = find_fallback(
         model,
@@ -184,8 +184,5 @@ def run_fallback(model, placement: Placement, ranges, calib_src, holdout_src, co
         task=config.task,
         progress=progress,
     )
-    new = PlacementConfig(
-        op_types=config.placement.op_types,
-        exclude=list(config.placement.exclude) + found.exclude,
-    )
+    new = replace(config.placement, exclude=list(config.placement.exclude) + found.exclude)
     return found.to_dict(), plan(model, new)

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             method="entropy" if args.method == "search" else args.method,
             percentile=args.percentile,
             num_bins=args.num_bins,
-        )
+        ).resolve(qdq=True)
         placement_cfg = PlacementConfig(
             op_types=args.op_types.split(",") if args.op_types else None, exclude=args.exclude
         )

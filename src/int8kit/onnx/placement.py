@@ -16,6 +16,11 @@ class PlacementConfig:
 
     op_types: list[str] | None = None
     exclude: list[str] = field(default_factory=list)  # regexes matched against node names
+    # False: the layers that read the network input (the stem conv) stay float. The input is a
+    # fine grid of pixel levels that an int8 step cuts across, and the layer is a tiny share of
+    # the compute (benchmarks/results/bias_correction.json). The rules quantize them; the
+    # quantize workflow's default (workflow.QuantizeConfig) keeps them float.
+    quantize_input_layers: bool = True
 
     def __post_init__(self):
         for pattern in self.exclude:
@@ -34,11 +39,19 @@ class PlacementConfig:
                 )
 
     def to_dict(self) -> dict:
-        return {"op_types": self.op_types, "exclude": list(self.exclude)}
+        return {
+            "op_types": self.op_types,
+            "exclude": list(self.exclude),
+            "quantize_input_layers": self.quantize_input_layers,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> PlacementConfig:
-        return cls(op_types=d.get("op_types"), exclude=list(d.get("exclude", [])))
+        return cls(
+            op_types=d.get("op_types"),
+            exclude=list(d.get("exclude", [])),
+            quantize_input_layers=d.get("quantize_input_layers", True),
+        )
 
 
 @dataclass
@@ -55,6 +68,7 @@ class Placement:
     activations: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     weights: dict[tuple[str, int], WeightQ] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)  # tensor -> why (first rule that hit)
+    kept_float: dict[str, str] = field(default_factory=dict)  # node -> why it is not quantized
 
 
 class GraphIndex:
@@ -130,6 +144,27 @@ def residual_identity_input(index: GraphIndex, node) -> int | None:
     return None
 
 
+def input_layers(index: GraphIndex) -> list[str]:
+    """Names of the Conv/Gemm/MatMul nodes that read the network input, directly or through
+    ops without weights (a Transpose, a Div by 255, a Pad): the first layers of every path."""
+    graph_inputs = [i.name for i in index.graph.input if i.name not in index.initializers]
+    found: list[str] = []
+    seen = set(graph_inputs)
+    todo = list(graph_inputs)
+    while todo:
+        tensor = todo.pop()
+        for node, _ in index.consumers.get(tensor, []):
+            if node.op_type in R.COMPUTE_OPS:
+                if node.name not in found:
+                    found.append(node.name)
+                continue
+            for o in node.output:
+                if o and o not in seen:
+                    seen.add(o)
+                    todo.append(o)
+    return found
+
+
 def plan(model, config: PlacementConfig | None = None) -> Placement:
     """Decide every Q/DQ of ``model`` by the rules; nothing is changed yet."""
     config = config or PlacementConfig()
@@ -141,6 +176,9 @@ def plan(model, config: PlacementConfig | None = None) -> Placement:
     op_types = set(config.op_types if config.op_types is not None else R.DEFAULT_OP_TYPES)
     excluded = [re.compile(p) for p in config.exclude]
     placement = Placement()
+    if not config.quantize_input_layers:
+        for name in input_layers(index):
+            placement.kept_float[name] = "reads the network input (quantize_input_layers=False)"
 
     def add_activation(tensor: str, node, i: int, why: str) -> None:
         if index.is_constant(tensor) or not tensor:
@@ -150,6 +188,8 @@ def plan(model, config: PlacementConfig | None = None) -> Placement:
 
     for node in index.nodes:
         if node.op_type not in op_types or any(p.search(node.name) for p in excluded):
+            continue
+        if node.name in placement.kept_float:
             continue
         rule = R.rule_for(node.op_type)
         if rule is None:
