@@ -36,7 +36,17 @@ from common import (  # noqa: E402
     timed,
 )
 
-INT8KIT_METHODS = ("entropy", "minmax", "percentile", "mse", "search")
+# label suffix: (method, runner flags). "auto" is int8kit's default recipe; "entropy-plain" is
+# TensorRT's own calibrator's ranges on every layer, nothing else (the reference point).
+INT8KIT_METHODS = {
+    "auto": ("auto", []),
+    "entropy-plain": ("entropy", ["--plain"]),
+    "entropy": ("entropy", []),
+    "minmax": ("minmax", []),
+    "percentile": ("percentile", []),
+    "mse": ("mse", []),
+    "search": ("search", []),
+}
 PEERS = {
     # tool label: (venv, pip requirements, runner, method argument)
     "ort-minmax": ("ort", ["onnxruntime", "onnx", "numpy"], "peers/ort_runner.py", "MinMax"),
@@ -93,8 +103,8 @@ def quantize_all(name: str, n_calib: int, force: bool, only: set[str] | None) ->
     calib = npy_path(name, "calib", n_calib)
     runs: dict[str, dict] = {}
     OUT_MODELS.mkdir(parents=True, exist_ok=True)
-    for method in INT8KIT_METHODS:
-        label = f"int8kit-{method}"
+    for suffix, (method, flags) in INT8KIT_METHODS.items():
+        label = f"int8kit-{suffix}"
         if only and label not in only:
             continue
         out = OUT_MODELS / f"{name}.{label}.onnx"
@@ -102,6 +112,7 @@ def quantize_all(name: str, n_calib: int, force: bool, only: set[str] | None) ->
         r = run_measured(
             timed(
                 [sys.executable, BENCH / "int8kit_runner.py", model_path(name), calib, out, method]
+                + flags
             ),
             log=BENCH / "work/logs" / f"{name}.{label}.log",
         )
@@ -155,7 +166,12 @@ def rss_scaling(force: bool, sizes=(64, 256, 1024)) -> dict:
     from int8kit.examples import make_photo_sets
 
     calib_dir, _ = make_photo_sets(DATA / "photos_rss", n_calib=max(sizes), n_eval=8)
-    res = {"model": "yolov8n", "method": "entropy", "source": "image folder, streamed", "runs": {}}
+    res = {
+        "model": "yolov8n",
+        "method": "auto (default: minmax + bias correction)",
+        "source": "image folder, streamed",
+        "runs": {},
+    }
     for n in sizes:
         log(f"rss scaling: {n} images")
         sub = DATA / f"rss_{n}"
@@ -173,7 +189,7 @@ def rss_scaling(force: bool, sizes=(64, 256, 1024)) -> dict:
                     model_path("yolov8n"),
                     sub,
                     out,
-                    "entropy",
+                    "auto",
                     "--preset",
                     "yolov8n",
                     "--no-floor",
