@@ -244,6 +244,7 @@ def calibrate(
         progress(batches, total=total, desc="calibrating"),
         lambda: HistogramCollector(calib.num_bins, keep_histogram=keep_hist),
         names=names,
+        light_consumer=not keep_hist,
     )
     if not collectors:
         raise DataError("calibration saw no data: the data source produced no batch")

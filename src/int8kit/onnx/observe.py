@@ -93,9 +93,9 @@ def make_session(
         )
 
 
-def _ort_threads() -> int:
+def _ort_threads(leave_one_core: bool = True) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) - 1)
+    return max(1, (cores or 1) - int(leave_one_core))
 
 
 def value_aliases(model, names: list[str]) -> dict[str, str]:
@@ -157,11 +157,14 @@ def run_exposed(
     names: list[str],
     batches: Iterable[dict[str, np.ndarray]],
     providers: list[str] | None = None,
+    light_consumer: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield ``{tensor: array}`` for each batch (only floating-point arrays). The next batch
     runs on ONNX Runtime while the caller handles the current one, so ONNX Runtime gets one
-    core fewer than the machine has (the caller's histograms keep that one busy)."""
-    session = make_session(expose(model, names), providers, threads=_ort_threads())
+    core fewer than the machine has (the caller's histograms keep that one busy), or every core
+    when ``light_consumer`` says the caller does little per batch (min/max, means)."""
+    threads = _ort_threads(leave_one_core=not light_consumer)
+    session = make_session(expose(model, names), providers, threads=threads)
     inputs = {i.name for i in session.get_inputs()}
 
     def outputs() -> Iterator[dict[str, np.ndarray]]:
@@ -179,15 +182,17 @@ def observe(
     make_collector: Callable[[], object],
     names: list[str] | None = None,
     providers: list[str] | None = None,
+    light_consumer: bool = False,
 ) -> dict[str, object]:
     """Stream every batch through the model and feed each exposed tensor to its collector.
     A tensor that only rearranges another's values (Reshape, Transpose, ...) is not run
-    through a collector of its own: it gets a copy of that tensor's collector at the end."""
+    through a collector of its own: it gets a copy of that tensor's collector at the end.
+    ``light_consumer``: the collectors are cheap (no histogram), give ONNX Runtime every core."""
     names = names if names is not None else activation_tensors(model)
     aliases = value_aliases(model, names)
     exposed = [n for n in names if n not in aliases]
     collectors: dict[str, object] = {}
-    for values in run_exposed(model, exposed, batches, providers):
+    for values in run_exposed(model, exposed, batches, providers, light_consumer):
         for name, value in values.items():
             c = collectors.get(name)
             if c is None:
