@@ -179,3 +179,74 @@ def test_bias_correct_in_one_call_uses_each_layers_own_input_range():
     assert summary.corrected == ["conv"]
     err = channel_error(m, insert_qdq(fixed, p, {"x": 2.0})[0], x)
     assert err.max() < channel_error(m, insert_qdq(m, p, {"x": 2.0})[0], x).max() / 50
+
+
+def fake_quant_means(x, amax, axis=1):
+    """The definition: per-channel mean of x and of s * clamp(round_half_even(x / s))."""
+    s = np.float32(amax / 127.0)
+    q = np.clip(np.round(x / s), -128, 127) * np.float64(s)
+    axes = tuple(a for a in range(x.ndim) if a != axis)
+    return x.astype(np.float64).mean(axis=axes), q.mean(axis=axes)
+
+
+def test_local_means_are_the_fake_quantized_input_means():
+    m = conv_model(4, 6)
+    layers, _ = bias_layers(m, plan(m))
+    x = data((10, 4, 8, 8), seed=4)
+    batches = [{"x": x[i : i + 4]} for i in range(0, 10, 4)]  # 4, 4, 2
+    plain = input_means(m, layers, batches)["x"]
+    quant = input_means(m, layers, batches, amax={"x": 2.0})["x"]
+    ref_plain, ref_quant = fake_quant_means(x, 2.0)
+    np.testing.assert_allclose(plain, ref_plain, rtol=1e-12)
+    np.testing.assert_allclose(quant, ref_quant, rtol=1e-12)
+    assert np.all(ref_plain - ref_quant > 0.02)  # the clipping at 2.0 is in the numbers
+
+
+class Counted:
+    """A re-iterable batch source that counts the batches it hands out."""
+
+    def __init__(self, batches):
+        self.batches, self.read = batches, 0
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        for b in self.batches:
+            self.read += 1
+            yield b
+
+
+def test_max_samples_takes_the_first_samples_and_reads_no_further():
+    m = conv_model(4, 6)
+    p = plan(m)
+    layers, _ = bias_layers(m, p)
+    x = data((16, 4, 8, 8), seed=6)
+    src = Counted([{"x": x[i : i + 4]} for i in range(0, 16, 4)])
+    got = input_means(m, layers, src, amax={"x": 2.0}, max_samples=6)["x"]
+    assert src.read == 2  # 4 + 2 of the second batch; batches 3 and 4 are never read
+    np.testing.assert_allclose(got, fake_quant_means(x[:6], 2.0)[1], rtol=1e-12)
+    assert not np.allclose(got, fake_quant_means(x, 2.0)[1], rtol=1e-3)
+    # bias_correct: the same means, so the same biases as correcting from x[:6] alone
+    a, _ = bias_correct(m, p, src, amax={"x": 2.0}, max_samples=6)
+    b, _ = bias_correct(m, p, [{"x": x[:6]}], amax={"x": 2.0}, max_samples=None)
+    bias = {i.name: numpy_helper.to_array(i) for i in a.graph.initializer}["conv_bias_corrected"]
+    ref = {i.name: numpy_helper.to_array(i) for i in b.graph.initializer}["conv_bias_corrected"]
+    np.testing.assert_allclose(bias, ref, rtol=1e-6)
+    with pytest.raises(ValueError, match="max_samples"):
+        input_means(m, layers, src, max_samples=0)
+
+
+def test_numpy_fallback_gives_the_same_corrections(monkeypatch):
+    from int8kit.calib import kernels
+
+    m = conv_model(4, 6, group=2)
+    p = plan(m)
+    x = data((8, 4, 8, 8), seed=9)
+    fast, _ = bias_correct(m, p, [{"x": x}], amax={"x": 2.5})
+    monkeypatch.setattr(kernels, "_sums_kernel", False)
+    slow, _ = bias_correct(m, p, [{"x": x}], amax={"x": 2.5})
+    f = {i.name: numpy_helper.to_array(i) for i in fast.graph.initializer}
+    s = {i.name: numpy_helper.to_array(i) for i in slow.graph.initializer}
+    np.testing.assert_allclose(f["conv_bias_corrected"], s["conv_bias_corrected"], rtol=1e-6)
+    assert not np.allclose(f["conv_bias_corrected"], np.linspace(-1, 1, 6), atol=1e-3)

@@ -91,3 +91,114 @@ def add_counts(x: np.ndarray, inv_width: np.float32, counts: np.ndarray, use_num
     np.abs(idx, out=idx)
     np.minimum(idx, counts.size - 1, out=idx)
     np.add.at(counts, idx, 1)
+
+
+# -- per-channel sums of a tensor and of its int8 fake-quantized values (bias correction) ------
+#
+# For a float32 tensor viewed as (P, C, R) (channel axis in the middle) and a scale s:
+#     sums[c]  += sum over p, r of x[p, c, r]                              (float64 accumulators)
+#     qsums[c] += sum over p, r of q[p, c, r],  q = rint(clamp(x / s, -128, 127))   (integers)
+# q is what ONNX QuantizeLinear stores (float32 division, round half to even, saturate to int8);
+# the fake-quantized sum is s * qsums. qsums holds integers, so it is exact and both paths give
+# the same value; sums differ only by float64 rounding (order of the additions).
+
+_sums_kernel = None  # the compiled channel-sums kernel, False when numba is unavailable/disabled
+
+
+def _compile_sums():
+    import numba
+    from numba import njit
+
+    # reassoc only: the float64 sum may be split into vector lanes. The division stays a
+    # division (no reciprocal), rint/min/max keep their exact meaning, q sums are integers.
+    @njit(nogil=True, cache=True, fastmath={"reassoc"})
+    def channel_sums(x, scale, quantize, sums, qsums):  # pragma: no cover - compiled by numba
+        p_len, c_len, r_len = x.shape
+        lo = numba.float32(-128.0)
+        hi = numba.float32(127.0)
+        if r_len >= 16:
+            for p in range(p_len):
+                for c in range(c_len):
+                    row = x[p, c]
+                    s = 0.0
+                    if quantize:
+                        q = 0
+                        for j in range(r_len):
+                            a = row[j]
+                            s += a
+                            q += numba.int32(np.rint(min(max(a / scale, lo), hi)))
+                        qsums[c] += q
+                    else:
+                        for j in range(r_len):
+                            s += row[j]
+                    sums[c] += s
+        else:  # channels last (or nearly): the additions run across channels
+            for p in range(p_len):
+                for c in range(c_len):
+                    for j in range(r_len):
+                        a = x[p, c, j]
+                        sums[c] += a
+                        if quantize:
+                            qsums[c] += np.rint(min(max(a / scale, lo), hi))
+
+    return channel_sums
+
+
+def channel_sums_kernel():
+    """The compiled channel-sums kernel, or None where numba is missing or ``INT8KIT_NUMBA=0``."""
+    global _sums_kernel
+    if _sums_kernel is None:
+        with _lock:
+            if _sums_kernel is None:
+                if os.environ.get("INT8KIT_NUMBA", "1") == "0":
+                    _sums_kernel = False
+                else:
+                    try:
+                        _sums_kernel = _compile_sums()
+                    except ImportError:
+                        _sums_kernel = False
+    return _sums_kernel or None
+
+
+def as_channel_view(x: np.ndarray, axis: int) -> np.ndarray:
+    """``x`` as a C-contiguous float32 (P, C, R) array with ``axis`` as C (no copy when it can)."""
+    axis = axis % x.ndim
+    shape = x.shape
+    p = int(np.prod(shape[:axis], dtype=np.int64))
+    r = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+    return np.ascontiguousarray(x, dtype=np.float32).reshape(p, shape[axis], r)
+
+
+def add_channel_sums(
+    x: np.ndarray,
+    scale: np.float32 | None,
+    sums: np.ndarray,
+    qsums: np.ndarray | None = None,
+    use_numba=None,
+) -> None:
+    """Add the per-channel sums of ``x`` (float32, (P, C, R), see ``as_channel_view``) into
+    ``sums`` (float64, (C,)) and, with a ``scale``, the sums of its int8 values
+    rint(clamp(x / scale, -128, 127)) into ``qsums`` (float64, (C,)), in place.
+
+    ``use_numba``: None picks numba when available; False forces the NumPy path."""
+    quantize = scale is not None
+    if quantize and qsums is None:
+        raise ValueError("a scale needs qsums")
+    kernel = channel_sums_kernel() if use_numba is not False else None
+    if use_numba and kernel is None:
+        raise RuntimeError("numba is not available (pip install numba)")
+    if kernel is not None:
+        scale32 = np.float32(scale if quantize else 1.0)
+        kernel(x, scale32, quantize, sums, qsums if quantize else sums)
+        return
+    # NumPy: blocks of ~1M values along P bound the temporary.
+    step = max(1, (1 << 20) // max(1, x.shape[1] * x.shape[2]))
+    for start in range(0, x.shape[0], step):
+        block = x[start : start + step]
+        sums += block.sum(axis=(0, 2), dtype=np.float64)
+        if quantize:
+            q = _buffer("quantized", block.shape, np.float32)
+            np.divide(block, np.float32(scale), out=q)
+            np.clip(q, np.float32(-128), np.float32(127), out=q)
+            np.rint(q, out=q)
+            qsums += q.sum(axis=(0, 2), dtype=np.float64)

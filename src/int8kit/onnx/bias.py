@@ -28,7 +28,7 @@ bias is the constant of the Add that follows, or a new Add). A layer without a b
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +37,8 @@ from int8kit._deps import require
 from int8kit.calib.collector import safe_amax
 from int8kit.onnx.placement import Placement, _attrs
 from int8kit.onnx.qdq import dequantized_weight
+
+DEFAULT_MAX_SAMPLES: int | None = None  # bias_correct's sample budget (see below)
 
 
 @dataclass
@@ -115,20 +117,51 @@ def input_means(
     layers: list[BiasLayer],
     batches: Iterable[dict[str, np.ndarray]],
     amax: dict[str, float] | None = None,
+    max_samples: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-channel mean of each layer's input over ``batches``, keyed by the FP32 input name.
 
     ``model`` is the FP32 model (FP32 means) or a Q/DQ model made from it with the same node
     names (the value the layer really reads, after its DequantizeLinear). With ``amax``, an input
     that has a range is fake-quantized (int8, scale amax/127) before it is averaged: the mean the
-    layer reads when only its own input is quantized — clipping included, upstream error not."""
-    plain, quantized = _means(model, layers, batches, amax)
+    layer reads when only its own input is quantized — clipping included, upstream error not.
+    ``max_samples``: use only the first that many samples of ``batches`` (None: all)."""
+    plain, quantized = _means(model, layers, batches, amax, max_samples)
     return quantized if amax else plain
 
 
-def _means(model, layers, batches, amax):
-    """(plain means, fake-quantized means or None) of every layer input, in one pass."""
-    from int8kit.onnx.observe import expose, make_session
+def take_samples(
+    batches: Iterable[dict[str, np.ndarray]], max_samples: int | None
+) -> Iterator[dict[str, np.ndarray]]:
+    """The first ``max_samples`` samples of ``batches`` (the last batch cut short), without
+    reading a batch more than needed. None: every batch."""
+    if max_samples is None:
+        yield from batches
+        return
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be positive, got {max_samples}")
+    left = max_samples
+    for batch in batches:
+        n = len(next(iter(batch.values())))
+        if n > left:
+            batch = {k: v[:left] if np.ndim(v) and len(v) == n else v for k, v in batch.items()}
+            n = left
+        yield batch
+        left -= n
+        if left <= 0:
+            return
+
+
+_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def _means(model, layers, batches, amax, max_samples=None):
+    """(plain means, fake-quantized means or None) of every layer input, in one pass.
+
+    ONNX Runtime runs the next batch in a worker thread while this one adds up the current
+    batch's exposed inputs (calib.kernels.add_channel_sums: one pass per tensor, numba)."""
+    from int8kit.calib.kernels import add_channel_sums, as_channel_view, channel_sums_kernel
+    from int8kit.onnx.observe import _ort_threads, _prefetch, expose, make_session
 
     nodes = {n.name: n for n in model.graph.node}
     read = {}  # tensor read in ``model`` -> (FP32 name, channel axis)
@@ -137,25 +170,43 @@ def _means(model, layers, batches, amax):
         if node is not None:
             read.setdefault(node.input[0], (layer.input, layer.input_axis))
     names = list(read)
-    session = make_session(expose(model, names), optimize=False)
+    # An FP32 model may be optimized (fusions keep every exposed value); a Q/DQ model may not:
+    # ONNX Runtime would fold its Q/DQ pairs into integer kernels.
+    has_qdq = any(n.op_type in _QDQ_OPS for n in model.graph.node)
+    # numba's sums (~0.1-0.4 ns a value) leave ONNX Runtime every core; NumPy's (~1 ns) run
+    # beside it on a core of their own.
+    threads = 0 if channel_sums_kernel() else _ort_threads()
+    session = make_session(expose(model, names), optimize=not has_qdq, threads=threads)
     feeds = {i.name for i in session.get_inputs()}
+    scales = {
+        name: np.float32(safe_amax(amax[fp32]) / 127.0) if amax and fp32 in amax else None
+        for name, (fp32, _) in read.items()
+    }
     sums: dict[str, np.ndarray] = {}
     qsums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    for batch in batches:
-        values = session.run(names, {k: v for k, v in batch.items() if k in feeds})
+    counts = dict.fromkeys(names, 0)
+
+    def outputs():
+        for batch in take_samples(batches, max_samples):
+            yield session.run(names, {k: v for k, v in batch.items() if k in feeds})
+
+    for values in _prefetch(outputs()):
         for name, v in zip(names, values, strict=True):
-            axis = read[name][1] % v.ndim
-            axes = tuple(a for a in range(v.ndim) if a != axis)
-            sums[name] = sums.get(name, 0.0) + v.astype(np.float64).sum(axis=axes)
-            counts[name] = counts.get(name, 0) + v.size // v.shape[axis]
-            if amax:
-                if read[name][0] in amax:
-                    scale = np.float32(safe_amax(amax[read[name][0]]) / 127.0)
-                    v = np.clip(np.round(v / scale), -128, 127) * scale
-                qsums[name] = qsums.get(name, 0.0) + v.astype(np.float64).sum(axis=axes)
+            x = as_channel_view(v, read[name][1])
+            if name not in sums:
+                sums[name] = np.zeros(x.shape[1])
+                qsums[name] = np.zeros(x.shape[1])
+            add_channel_sums(x, scales[name], sums[name], qsums[name])
+            counts[name] += x.shape[0] * x.shape[2]
     plain = {read[n][0]: sums[n] / counts[n] for n in sums}
-    quantized = {read[n][0]: qsums[n] / counts[n] for n in qsums} if amax else None
+    if not amax:
+        return plain, None
+    quantized = {
+        read[n][0]: (qsums[n] * np.float64(scales[n]) / counts[n])
+        if scales[n]
+        else plain[read[n][0]]
+        for n in sums
+    }
     return plain, quantized
 
 
@@ -284,14 +335,16 @@ def bias_correct(
     placement: Placement,
     batches: Iterable[dict[str, np.ndarray]],
     amax: dict[str, float] | None = None,
+    max_samples: int | None = DEFAULT_MAX_SAMPLES,
 ):
     """One call: FP32 input means over ``batches`` (one FP32 pass), then ``correct_biases``.
 
     With ``amax`` (the ranges insert_qdq will use) each layer's own input quantization is
     included (means of the fake-quantized input, from the same pass); upstream error is not,
-    which keeps the corrections independent of each other."""
+    which keeps the corrections independent of each other. ``max_samples``: the means use the
+    first that many samples of ``batches`` (None: all of them)."""
     layers, _ = bias_layers(model, placement)
     if not layers:
         return correct_biases(model, placement, {})
-    means, quantized = _means(model, layers, batches, amax)
+    means, quantized = _means(model, layers, batches, amax, max_samples)
     return correct_biases(model, placement, means, quantized)
