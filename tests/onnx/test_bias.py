@@ -250,3 +250,61 @@ def test_numpy_fallback_gives_the_same_corrections(monkeypatch):
     s = {i.name: numpy_helper.to_array(i) for i in slow.graph.initializer}
     np.testing.assert_allclose(f["conv_bias_corrected"], s["conv_bias_corrected"], rtol=1e-6)
     assert not np.allclose(f["conv_bias_corrected"], np.linspace(-1, 1, 6), atol=1e-3)
+
+
+def pad_conv_model(pads, value, pads_as="init"):
+    """x (N,4,8,8) -> Pad(pads, value) -> p -> Conv 3x3: the Pad's input is what gets exposed."""
+    pads = np.array(pads, np.int64)
+    inits = [models.weight("w", (4, 4, 3, 3), 21)]
+    nodes = []
+    if pads_as == "init":
+        inits.append(numpy_helper.from_array(pads, "pads"))
+    else:  # computed in the graph: read from ONNX Runtime every batch
+        nodes.append(
+            helper.make_node("Constant", [], ["pads"], value=numpy_helper.from_array(pads))
+        )
+    pad_in = ["x", "pads"]
+    if value is not None:
+        inits.append(numpy_helper.from_array(np.array(value, np.float32), "v"))
+        pad_in.append("v")
+    nodes += [
+        helper.make_node("Pad", pad_in, ["p"], name="pad", mode="constant"),
+        helper.make_node("Conv", ["p", "w"], ["y"], name="conv"),
+    ]
+    return models.model(
+        nodes,
+        [models.value("x", (None, 4, 8, 8))],
+        [models.value("y", (None, 4, None, None))],
+        inits,
+    )
+
+
+@pytest.mark.parametrize(
+    "pads,value,pads_as",
+    [
+        ([0, 0, 1, 1, 0, 0, 2, 2], None, "init"),  # zeros, TF "same" style
+        ([0, 0, 1, 0, 0, 0, 2, 3], 1.5, "node"),  # a constant that is not zero, pads computed
+        ([0, 0, -1, 2, 0, 0, 1, -2], 0.25, "init"),  # cropping: applied for real
+    ],
+)
+def test_padded_inputs_have_the_means_of_the_padded_tensor(pads, value, pads_as):
+    m = pad_conv_model(pads, value, pads_as)
+    layers, _ = bias_layers(m, plan(m))
+    assert [la.input for la in layers] == ["p"]
+    x = data((6, 4, 8, 8), seed=12)
+    batches = [{"x": x[:4]}, {"x": x[4:]}]
+    ref = run_pad(x, pads, value)
+    ref_plain, ref_quant = fake_quant_means(ref, 2.0)
+    plain = input_means(m, layers, batches)["p"]
+    quant = input_means(m, layers, batches, amax={"p": 2.0})["p"]
+    np.testing.assert_allclose(plain, ref_plain, rtol=1e-12)
+    np.testing.assert_allclose(quant, ref_quant, rtol=1e-12)
+    assert not np.allclose(plain, x.mean(axis=(0, 2, 3)), rtol=1e-2)  # the padding counts
+
+
+def run_pad(x, pads, value):
+    """The Pad output, computed by ONNX Runtime itself."""
+    m = pad_conv_model(pads, value)
+    from int8kit.onnx.observe import expose
+
+    return make_session(expose(m, ["p"]), optimize=False).run(["p"], {"x": x})[0]
