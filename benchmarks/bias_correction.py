@@ -260,6 +260,10 @@ def run_samples(name: str, counts: list[int], repeats: int = 2) -> dict:
         log(
             f"{name}: {n:>4} samples  " + "  ".join(f"{k} {v:.3f}" for k, v in rows[str(n)].items())
         )
+        if n < len(calib) * BATCH:  # another draw: the last n samples instead of the first
+            m, _ = bias_correct(model, placement, calib[::-1], amax, max_samples=n)
+            last = rows[f"{n} (last)"] = ev(insert_qdq(m, placement, amax)[0])
+            log(f"{name}: {n:>4} last     " + "  ".join(f"{k} {v:.3f}" for k, v in last.items()))
     return {"fp32_pass_s": fp32_s, "calibration_s": calib_s, "batch": BATCH, "rows": rows}
 
 

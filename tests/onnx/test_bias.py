@@ -344,3 +344,18 @@ def test_batches_are_run_in_parts_with_the_same_means(monkeypatch):
     assert runs == [1, 3, 3, 1]
     np.testing.assert_allclose(parts, whole, rtol=1e-12)
     np.testing.assert_allclose(parts, fake_quant_means(x, 2.0)[1], rtol=1e-12)
+
+
+def test_bias_correct_reads_only_its_default_sample_budget():
+    from int8kit.onnx.bias import DEFAULT_MAX_SAMPLES
+
+    m = conv_model(4, 6)
+    p = plan(m)
+    x = data((DEFAULT_MAX_SAMPLES + 16, 4, 8, 8), seed=14)
+    src = Counted([{"x": x[i : i + 8]} for i in range(0, len(x), 8)])
+    a, _ = bias_correct(m, p, src, amax={"x": 2.0})
+    assert src.read == DEFAULT_MAX_SAMPLES // 8
+    b, _ = bias_correct(m, p, [{"x": x[:DEFAULT_MAX_SAMPLES]}], amax={"x": 2.0}, max_samples=None)
+    get = {i.name: numpy_helper.to_array(i) for i in a.graph.initializer}
+    ref = {i.name: numpy_helper.to_array(i) for i in b.graph.initializer}
+    np.testing.assert_allclose(get["conv_bias_corrected"], ref["conv_bias_corrected"], rtol=1e-6)

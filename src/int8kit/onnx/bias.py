@@ -21,6 +21,14 @@ Q/DQ model also carry upstream error, and correcting it at every layer at once o
 or in steps: ``layers, _ = bias_layers(model, placement)``, ``means = input_means(model, layers,
 batches)``, ``correct_biases(model, placement, means)``.
 
+Cost: one ONNX Runtime pass with the layers' inputs exposed, over the first ``max_samples``
+calibration samples (default 32: on EfficientNet-Lite0 and YOLOv8n, means from 8 to 128 samples
+give the same fidelity within the evaluation's noise; ``python benchmarks/bias_correction.py
+--samples 8 16 32 64 128``). Each exposed tensor is read once, by a fused kernel that adds up x
+and its int8 values per channel (calib.kernels.add_channel_sums), while ONNX Runtime computes
+the next part of the batch. EfficientNet-Lite0 / YOLOv8n, 2 cores: ~0.3 s for 32 samples,
+~0.9 / 1.1 s for 128 (FP32 pass over 128: 0.36 / 0.8 s).
+
 Per-channel means ignore zero padding at the borders (as both references do). Supported: Conv
 (any group count), Gemm (alpha, beta, transA, transB), MatMul with a 2-D constant weight (its
 bias is the constant of the Add that follows, or a new Add). A layer without a bias gets one.
@@ -38,7 +46,7 @@ from int8kit.calib.collector import safe_amax
 from int8kit.onnx.placement import Placement, _attrs
 from int8kit.onnx.qdq import dequantized_weight
 
-DEFAULT_MAX_SAMPLES: int | None = None  # bias_correct's sample budget (see below)
+DEFAULT_MAX_SAMPLES = 32  # bias_correct's means: enough samples (see above)
 
 
 @dataclass
@@ -437,7 +445,7 @@ def bias_correct(
     With ``amax`` (the ranges insert_qdq will use) each layer's own input quantization is
     included (means of the fake-quantized input, from the same pass); upstream error is not,
     which keeps the corrections independent of each other. ``max_samples``: the means use the
-    first that many samples of ``batches`` (None: all of them)."""
+    first that many samples of ``batches`` (None: all of them); no batch past them is read."""
     layers, _ = bias_layers(model, placement)
     if not layers:
         return correct_biases(model, placement, {})
