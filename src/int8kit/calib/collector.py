@@ -87,6 +87,21 @@ class HistogramCollector:
         if self.keep_histogram:
             self._add_to_histogram(x, batch_amax)
 
+    def add_zeros(self, n: int) -> None:
+        """Count ``n`` more exact zeros (the padding a zero Pad adds around a tensor)."""
+        if n <= 0:
+            return
+        s = self.stats
+        s.count += n
+        s.min = min(s.min, 0.0)
+        s.max = max(s.max, 0.0)
+        if not self.keep_histogram:
+            return
+        if self.counts is None:
+            self._pending_zeros += n
+        else:
+            self.counts[0] += n
+
     def _add_to_histogram(self, x: np.ndarray, batch_amax: float) -> None:
         """Bin |x| (x finite, flat float32). Index = trunc(|x| * (1/width)) in float32, the last
         bin also takes anything at or past its upper edge."""

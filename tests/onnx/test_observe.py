@@ -1,0 +1,50 @@
+"""observe(): every tensor's collector equals one fed that tensor's values directly, also for
+the tensors it derives instead of exposing (a zero Pad's output, a Reshape's output)."""
+
+import models
+import numpy as np
+import pytest
+from onnx import helper, numpy_helper
+
+from int8kit.calib import HistogramCollector
+from int8kit.onnx import observe as ob
+
+
+def padded_chain(pad_value=0.0):
+    """x -> Relu -> Pad(1 px) -> Conv -> Reshape: the Conv reads the Pad's output."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Pad", ["r", "pads", "v"], ["p"], name="pad", mode="constant"),
+        helper.make_node("Conv", ["p", "w"], ["c"], name="conv"),
+        helper.make_node("Reshape", ["c", "shape"], ["y"], name="flat"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0, 0, 1, 2, 0, 0, 1, 2], np.int64), "pads"),
+        numpy_helper.from_array(np.array(pad_value, np.float32), "v"),
+        models.weight("w", (2, 3, 3, 3), 1),
+        numpy_helper.from_array(np.array([2, -1], np.int64), "shape"),
+    ]
+    return models.model(
+        nodes, [models.value("x", (2, 3, 5, 6))], [models.value("y", (2, 2 * 5 * 8))], inits
+    )
+
+
+@pytest.mark.parametrize("pad_value", [0.0, 1.5])
+def test_derived_collectors_equal_direct_ones(pad_value):
+    m = padded_chain(pad_value)
+    rng = np.random.default_rng(0)
+    batches = [{"x": rng.normal(1, 2, (2, 3, 5, 6)).astype(np.float32)} for _ in range(3)]
+    names = ["r", "p", "y"]
+    got = ob.observe(m, batches, HistogramCollector, names=names)
+    direct = {n: HistogramCollector() for n in names}
+    for values in ob.run_exposed(m, names, batches):
+        for n, v in values.items():
+            direct[n].collect(v)
+    for n in names:
+        np.testing.assert_array_equal(got[n].counts, direct[n].counts)
+        assert got[n].stats == direct[n].stats and got[n].amax == direct[n].amax
+    # the zero Pad is derived (its output not exposed, so ONNX Runtime can fold it); a Pad of
+    # 1.5 is not zeros and is observed itself
+    assert set(ob.zero_pads(m, names)) == ({"p"} if pad_value == 0.0 else set())
+    zeros = got["p"].counts[0] - got["r"].counts[0]
+    assert zeros == (3 * 2 * 3 * (7 * 10 - 5 * 6) if pad_value == 0.0 else 0)
