@@ -12,7 +12,7 @@ from int8kit.analysis.evaluate import evaluate  # noqa: E402
 from int8kit.data import DataConfig, split_photos, write_photo_crops  # noqa: E402
 from int8kit.examples import YOLO_PREPROCESS, yolov8n_path  # noqa: E402
 from int8kit.onnx.observe import make_session  # noqa: E402
-from int8kit.workflow import CalibConfig, QuantizeConfig, quantize_onnx  # noqa: E402
+from int8kit.workflow import QuantizeConfig, quantize_onnx  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -33,20 +33,24 @@ def quantized(photos, tmp_path_factory):
         model=str(yolov8n_path()),
         output=str(out),
         data=DataConfig(str(photos / "calib"), preprocess=YOLO_PREPROCESS),
-        calib=CalibConfig(method="search"),
         holdout=0,
-    )
+    )  # the defaults: minmax ranges, bias correction, the stem conv kept float
     return quantize_onnx(cfg)
 
 
-def test_every_conv_has_qdq_on_input_and_weight(quantized):
+def test_every_conv_but_the_stem_has_qdq_on_input_and_weight(quantized):
     m = onnx.load(quantized.outputs["qdq_onnx"])
     producer = {o: n for n in m.graph.node for o in n.output}
     convs = [n for n in m.graph.node if n.op_type == "Conv"]
     assert len(convs) == 64
+    stem = [c for c in convs if c.input[0] == "images"]
+    assert len(stem) == 1 and stem[0].input[1] not in producer  # float input, float weight
     for conv in convs:
+        if conv is stem[0]:
+            continue
         for i in (0, 1):
             assert producer[conv.input[i]].op_type == "DequantizeLinear", (conv.name, i)
+    assert len(quantized.bias_correction["corrected"]) == 63
     # the detector trap: nothing quantizes the Concat that joins boxes and class scores
     out = producer["output0"]
     assert out.op_type == "Concat"
