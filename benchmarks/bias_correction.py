@@ -267,6 +267,45 @@ def run_samples(name: str, counts: list[int], repeats: int = 2) -> dict:
     return {"fp32_pass_s": fp32_s, "calibration_s": calib_s, "batch": BATCH, "rows": rows}
 
 
+def run_timing(name: str, batch: int = 8, repeats: int = 3) -> dict:
+    """Seconds of bias_correct (local, the recommended placement) beside the FP32 pass over the
+    same 128 calibration samples; runs on older int8kit too (PYTHONPATH=<checkout>/src)."""
+    import inspect
+
+    model = onnx.load(model_path(name))
+    node_names_unique(model)
+    first = first_layers(model)
+    placement = plan(model, PlacementConfig(exclude=[f"^{re.escape(n)}$" for n in first]))
+    arr = np.load(npy_path(name, "calib", 128))
+    inp = MODELS[name][0]
+    calib = [{inp: np.ascontiguousarray(arr[i : i + batch])} for i in range(0, len(arr), batch)]
+    ranges = calibrate(
+        model, calib, CalibConfig(method="minmax"), names=list(placement.activations)
+    )
+    amax = {n: r.amax for n, r in ranges.tensors.items()}
+    fp32 = make_session(model)
+    fp32.run(None, calib[0])
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    out = {"fp32_pass_s": best(lambda: [fp32.run(None, b) for b in calib])}
+    has_max = "max_samples" in inspect.signature(bias_correct).parameters
+    bias_correct(model, placement, calib[:1], amax)  # numba's first call
+    for n in [None, 32] if has_max else [None]:
+        kw = {"max_samples": n} if has_max else {}
+        out[f"bias_correct_{n or 'all'}_s"] = best(
+            lambda kw=kw: bias_correct(model, placement, calib, amax, **kw)
+        )
+    log(f"{name} (batches of {batch}): " + "  ".join(f"{k} {v:.2f}" for k, v in out.items()))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["efficientnet_lite0", "yolov8n"])
@@ -280,8 +319,14 @@ def main(argv=None) -> int:
         help="only: the recommended configuration with means over this many calibration samples "
         "(writes results/bias_samples.json)",
     )
+    p.add_argument("--time", action="store_true", help="only: time bias_correct (128 samples)")
     a = p.parse_args(argv)
     import json
+
+    if a.time:
+        for name in a.models:
+            run_timing(name)
+        return 0
 
     if a.samples:
         out_path = RESULTS / "bias_samples.json"
