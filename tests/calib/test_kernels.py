@@ -142,6 +142,8 @@ def test_channel_view_of_any_axis():
 def test_channel_sums_numba_can_be_switched_off(monkeypatch):
     monkeypatch.setattr(kernels, "_sums_kernel", None)
     monkeypatch.setenv("INT8KIT_NUMBA", "0")
+    assert not kernels.numba_wanted()
     assert kernels.channel_sums_kernel() is None
+    kernels.warm_channel_sums()  # nothing to warm: no error
     with pytest.raises(RuntimeError, match="numba"):
         kernels.add_channel_sums(np.ones((1, 1, 4), np.float32), None, np.zeros(1), None, True)

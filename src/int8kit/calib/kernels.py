@@ -144,6 +144,18 @@ def _compile_sums():
     return channel_sums
 
 
+def numba_wanted() -> bool:
+    """Whether the kernels will be numba's (numba installed, not switched off), without
+    importing it."""
+    if _sums_kernel is not None:
+        return bool(_sums_kernel)
+    if os.environ.get("INT8KIT_NUMBA", "1") == "0":
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
+
+
 def channel_sums_kernel():
     """The compiled channel-sums kernel, or None where numba is missing or ``INT8KIT_NUMBA=0``."""
     global _sums_kernel
@@ -158,6 +170,14 @@ def channel_sums_kernel():
                     except ImportError:
                         _sums_kernel = False
     return _sums_kernel or None
+
+
+def warm_channel_sums() -> None:
+    """Import numba and load (or compile) the channel-sums kernel now, e.g. in a thread while
+    ONNX Runtime works: the first call otherwise pays it (~0.3 s when numba is not imported)."""
+    kernel = channel_sums_kernel()
+    if kernel is not None:
+        kernel(np.zeros((1, 1, 16), np.float32), np.float32(1), True, np.zeros(1), np.zeros(1))
 
 
 def as_channel_view(x: np.ndarray, axis: int) -> np.ndarray:

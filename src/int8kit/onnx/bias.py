@@ -36,6 +36,7 @@ bias is the constant of the Add that follows, or a new Add). A layer without a b
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -221,7 +222,12 @@ def _means(model, layers, batches, amax, max_samples=None):
 
     ONNX Runtime runs the next batch in a worker thread while this one adds up the current
     batch's exposed inputs (calib.kernels.add_channel_sums: one pass per tensor, numba)."""
-    from int8kit.calib.kernels import add_channel_sums, as_channel_view, channel_sums_kernel
+    from int8kit.calib.kernels import (
+        add_channel_sums,
+        as_channel_view,
+        numba_wanted,
+        warm_channel_sums,
+    )
     from int8kit.onnx.observe import _ort_threads, _prefetch, expose, make_session
 
     nodes = {n.name: n for n in model.graph.node}
@@ -244,8 +250,12 @@ def _means(model, layers, batches, amax, max_samples=None):
     # ONNX Runtime would fold its Q/DQ pairs into integer kernels.
     has_qdq = any(n.op_type in _QDQ_OPS for n in model.graph.node)
     # numba's sums (~0.1-0.4 ns a value) leave ONNX Runtime every core; NumPy's (~1 ns) run
-    # beside it on a core of their own.
-    threads = 0 if channel_sums_kernel() else _ort_threads()
+    # beside it on a core of their own. numba loads (~0.3 s when nothing imported it yet)
+    # while ONNX Runtime builds the session and runs the first batch; the sums wait for it.
+    fast = numba_wanted()
+    if fast:
+        threading.Thread(target=warm_channel_sums, name="int8kit-numba", daemon=True).start()
+    threads = 0 if fast else _ort_threads()
     session = make_session(expose(model, exposed), optimize=not has_qdq, threads=threads)
     feeds = {i.name for i in session.get_inputs()}
     scales = {
