@@ -15,8 +15,8 @@ fake-quantized with that layer's own range (``input_means(..., amax=)``): means 
 Q/DQ model also carry upstream error, and correcting it at every layer at once over-corrects
 (EfficientNet-Lite0: logit SQNR 13.0 dB -> 0.6 dB; benchmarks/bias_correction.py).
 
-    corrected, summary = bias_correct(model, placement, batches)  # one FP32 pass over batches
-    qdq_model, _ = insert_qdq(corrected, placement, amax)         # same placement, same weights
+    corrected, summary = bias_correct(model, placement, batches, amax)  # FP32 pass, 32 samples
+    qdq_model, _ = insert_qdq(corrected, placement, amax)  # same placement, same weights
 
 or in steps: ``layers, _ = bias_layers(model, placement)``, ``means = input_means(model, layers,
 batches)``, ``correct_biases(model, placement, means)``.
