@@ -165,40 +165,6 @@ _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 _RUN_BYTES = 64 << 20
 
 
-@dataclass
-class _PadSource:
-    """A constant-mode Pad in front of a layer: its input is exposed instead of its output, and
-    the padding's constants are added to the sums by count (exposing the output keeps ONNX
-    Runtime from folding the Pad into the Conv: ~40% more time on EfficientNet-Lite0)."""
-
-    x: str  # the Pad's data input
-    pads: str | np.ndarray  # tensor name (read each batch) or constant
-    value: str | np.ndarray | None  # the same; None: 0
-
-
-def _pad_source(node, inits: dict[str, object]) -> _PadSource | None:
-    if node is None or node.op_type != "Pad" or len(node.output) != 1:
-        return None
-    from onnx import numpy_helper
-
-    a = _attrs(node)
-    mode = a.get("mode", b"constant")
-    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
-        return None
-    if len(node.input) > 3 and node.input[3]:  # axes
-        return None
-    if "pads" in a:  # opset < 11
-        return _PadSource(node.input[0], np.array(a["pads"]), np.float32(a.get("value", 0.0)))
-    if len(node.input) < 2 or not node.input[1]:
-        return None
-
-    def const(name):
-        return numpy_helper.to_array(inits[name]) if name in inits else name
-
-    value = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    return _PadSource(node.input[0], const(node.input[1]), const(value) if value else None)
-
-
 def _padding(x: np.ndarray, pads: np.ndarray, value: float, axis: int) -> tuple[np.ndarray, int]:
     """(values to sum, number of ``value`` entries per channel to add) for Pad(x, pads, value).
     Padding that crops or touches the channel axis is applied for real."""
@@ -228,7 +194,7 @@ def _means(model, layers, batches, amax, max_samples=None):
         numba_wanted,
         warm_channel_sums,
     )
-    from int8kit.onnx.observe import _ort_threads, _prefetch, expose, make_session
+    from int8kit.onnx.observe import _ort_threads, _prefetch, expose, make_session, pad_source
 
     nodes = {n.name: n for n in model.graph.node}
     producer = {o: n for n in model.graph.node for o in n.output}
@@ -239,7 +205,7 @@ def _means(model, layers, batches, amax, max_samples=None):
         if node is not None:
             read.setdefault(node.input[0], (layer.input, layer.input_axis))
     names = list(read)
-    pad_of = {t: p for t in names if (p := _pad_source(producer.get(t), inits)) is not None}
+    pad_of = {t: p for t in names if (p := pad_source(producer.get(t), inits)) is not None}
     exposed: list[str] = []
     for t in names:
         src = pad_of.get(t)
