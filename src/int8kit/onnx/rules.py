@@ -134,4 +134,8 @@ def describe() -> str:
         lines.append(f"  {r.op_type:<18} {r.why}")
     lines.append("  never: graph outputs; biases stay float; " + ", ".join(NEVER))
     lines.append("  on request (--op-types): " + ", ".join(OPTIONAL_OP_TYPES))
+    lines.append(
+        "  `quantize` keeps the layers that read the network input float "
+        "(--quantize-input-layers quantizes them too)"
+    )
     return "\n".join(lines)
