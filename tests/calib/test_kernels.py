@@ -49,7 +49,7 @@ def test_repeated_calls_of_different_sizes_accumulate_exactly():
 
 
 def test_numba_can_be_switched_off(monkeypatch):
-    monkeypatch.setattr(kernels, "_kernel", None)
+    monkeypatch.setattr(kernels, "_compiled", {})
     monkeypatch.setenv("INT8KIT_NUMBA", "0")
     assert kernels.numba_kernel() is None
     with pytest.raises(RuntimeError, match="numba"):
@@ -140,7 +140,7 @@ def test_channel_view_of_any_axis():
 
 
 def test_channel_sums_numba_can_be_switched_off(monkeypatch):
-    monkeypatch.setattr(kernels, "_sums_kernel", None)
+    monkeypatch.setattr(kernels, "_compiled", {})
     monkeypatch.setenv("INT8KIT_NUMBA", "0")
     assert not kernels.numba_wanted()
     assert kernels.channel_sums_kernel() is None

@@ -17,7 +17,8 @@ import threading
 import numpy as np
 
 _scratch = threading.local()  # per-thread buffers, grown to the largest need
-_kernel = None  # the compiled numba kernel, False when numba is unavailable or disabled
+# compiled numba kernels by name; False where numba is unavailable or INT8KIT_NUMBA=0
+_compiled: dict[str, object] = {}
 _lock = threading.Lock()
 
 
@@ -50,20 +51,28 @@ def _compile():
     return add_counts
 
 
-def numba_kernel():
-    """The compiled kernel, or None where numba is missing or ``INT8KIT_NUMBA=0``."""
-    global _kernel
-    if _kernel is None:
+def _numba_off() -> bool:
+    return os.environ.get("INT8KIT_NUMBA", "1") == "0"
+
+
+def _kernel(name: str, compile_fn):
+    """The kernel ``name``, compiled once per process (thread-safe), or None without numba."""
+    kernel = _compiled.get(name)
+    if kernel is None:
         with _lock:
-            if _kernel is None:
-                if os.environ.get("INT8KIT_NUMBA", "1") == "0":
-                    _kernel = False
-                else:
-                    try:
-                        _kernel = _compile()
-                    except ImportError:
-                        _kernel = False
-    return _kernel or None
+            kernel = _compiled.get(name)
+            if kernel is None:
+                try:
+                    kernel = False if _numba_off() else compile_fn()
+                except ImportError:
+                    kernel = False
+                _compiled[name] = kernel
+    return kernel or None
+
+
+def numba_kernel():
+    """The compiled histogram kernel, or None where numba is missing or ``INT8KIT_NUMBA=0``."""
+    return _kernel("counts", _compile)
 
 
 def _buffer(name: str, shape, dtype) -> np.ndarray:
@@ -101,8 +110,6 @@ def add_counts(x: np.ndarray, inv_width: np.float32, counts: np.ndarray, use_num
 # q is what ONNX QuantizeLinear stores (float32 division, round half to even, saturate to int8);
 # the fake-quantized sum is s * qsums. qsums holds integers, so it is exact and both paths give
 # the same value; sums differ only by float64 rounding (order of the additions).
-
-_sums_kernel = None  # the compiled channel-sums kernel, False when numba is unavailable/disabled
 
 
 def _compile_sums():
@@ -147,9 +154,9 @@ def _compile_sums():
 def numba_wanted() -> bool:
     """Whether the kernels will be numba's (numba installed, not switched off), without
     importing it."""
-    if _sums_kernel is not None:
-        return bool(_sums_kernel)
-    if os.environ.get("INT8KIT_NUMBA", "1") == "0":
+    if "sums" in _compiled:
+        return bool(_compiled["sums"])
+    if _numba_off():
         return False
     import importlib.util
 
@@ -158,18 +165,7 @@ def numba_wanted() -> bool:
 
 def channel_sums_kernel():
     """The compiled channel-sums kernel, or None where numba is missing or ``INT8KIT_NUMBA=0``."""
-    global _sums_kernel
-    if _sums_kernel is None:
-        with _lock:
-            if _sums_kernel is None:
-                if os.environ.get("INT8KIT_NUMBA", "1") == "0":
-                    _sums_kernel = False
-                else:
-                    try:
-                        _sums_kernel = _compile_sums()
-                    except ImportError:
-                        _sums_kernel = False
-    return _sums_kernel or None
+    return _kernel("sums", _compile_sums)
 
 
 def warm_channel_sums() -> None:
