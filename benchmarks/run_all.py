@@ -218,6 +218,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", help="tool labels to (re)run, e.g. int8kit-entropy nncf")
     p.add_argument("--force", action="store_true", help="redo steps whose results exist")
     p.add_argument("--skip-rss", action="store_true")
+    p.add_argument("--skip-speed", action="store_true", help="skip calib_speed.py's 5 runs")
     a = p.parse_args(argv)
 
     from prepare import prepare
@@ -245,6 +246,11 @@ def main(argv=None) -> int:
                 "runs": runs,
             },
         )
+    if not a.skip_speed:
+        log("calibration speed: fresh processes, alternating methods")
+        from calib_speed import main as calib_speed
+
+        calib_speed(["--runs", "5", "--n-calib", str(a.n_calib)])
     if not a.skip_rss:
         rss_scaling(a.force)
     write_summary()

@@ -237,6 +237,16 @@ def run_exposed(
     yield from _prefetch(outputs())
 
 
+def exposure_plan(model, names: list[str], derive_pads: bool = True):
+    """(tensors ONNX Runtime must expose, {alias: source}, {zero Pad output: (input, pads)}) for
+    observing ``names``: rearranged copies and zero-padded tensors are derived, not exposed."""
+    aliases = value_aliases(model, names)
+    pads = zero_pads(model, names) if derive_pads else {}
+    exposed = [n for n in names if n not in aliases and n not in pads]
+    exposed += [x for x, _ in pads.values() if x not in exposed]
+    return exposed, aliases, pads
+
+
 def observe(
     model,
     batches: Iterable[dict[str, np.ndarray]],
@@ -250,12 +260,9 @@ def observe(
     through a collector of its own: it gets a copy of that tensor's collector at the end.
     ``light_consumer``: the collectors are cheap (no histogram), give ONNX Runtime every core."""
     names = names if names is not None else activation_tensors(model)
-    aliases = value_aliases(model, names)
     # A zero Pad's output is its input plus zeros: the input is observed, the zeros counted
     # (collectors with ``add_zeros``; others observe the Pad's output itself).
-    pads = zero_pads(model, names) if hasattr(make_collector(), "add_zeros") else {}
-    exposed = [n for n in names if n not in aliases and n not in pads]
-    exposed += [x for x, _ in pads.values() if x not in exposed]
+    exposed, aliases, pads = exposure_plan(model, names, hasattr(make_collector(), "add_zeros"))
     zeros = dict.fromkeys(pads, 0)
     collectors: dict[str, object] = {}
     for values in run_exposed(model, exposed, batches, providers, light_consumer):
