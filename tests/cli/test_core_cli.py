@@ -122,3 +122,24 @@ def test_loader_script_runs_only_when_named(image_model, tmp_path, capsys):
     )
     assert marker.exists()
     assert CalibrationCache.read(tmp_path / "c.cache").amax("x") == pytest.approx(3.0)
+
+
+def test_quantize_warns_when_only_an_input_layer_exists(tmp_path, capsys):
+    from onnx import helper
+
+    m = models.model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
+        [models.value("x", (1, 3, 8, 8))],
+        [models.value("y", (1, 2, 6, 6))],
+        [models.weight("w", (2, 3, 3, 3), 0)],
+    )
+    path = models.save(m, tmp_path / "one.onnx")
+    data = models.save_npz(tmp_path / "d.npz", n=4, x=(1, 3, 8, 8))
+    out = str(tmp_path / "one.int8.onnx")
+    assert main(["quantize", path, "--calib", data, "-o", out, "--holdout", "0"]) == 0
+    assert "WARNING: nothing was quantized" in capsys.readouterr().out
+    argv = ["quantize", path, "--calib", data, "-o", out, "--holdout", "0"]
+    assert main([*argv, "--quantize-input-layers"]) == 0
+    text = capsys.readouterr().out
+    assert "nothing was quantized" not in text and "Q/DQ on 1 activations and 1 weights" in text
+    assert "bias correction: 1 layers" in text

@@ -243,6 +243,11 @@ def print_summary(result, out=None) -> None:
         f"  ranges: {result.tensors_calibrated} tensors; Q/DQ on {result.activations_quantized} "
         f"activations and {result.weights_quantized} weights"
     )
+    if "qdq_onnx" in result.outputs and not result.activations_quantized:
+        p(
+            "  WARNING: nothing was quantized: every compute layer reads the network input or "
+            "was excluded (--quantize-input-layers quantizes the first layers too)"
+        )
     bc = result.bias_correction
     if bc.get("corrected"):
         p(

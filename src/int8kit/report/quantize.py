@@ -219,10 +219,13 @@ def quantize_report(
     folder.mkdir(parents=True, exist_ok=True)
     cfg = result.config
     doc = Document(f"int8kit quantize report: {Path(cfg.model).name}")
+    method = result.method or cfg.calib.method
+    bc = result.bias_correction.get("corrected") or []
     doc.text(
-        f"Model {cfg.model} -> {cfg.output}; method {cfg.calib.method}; "
+        f"Model {cfg.model} -> {cfg.output}; method {method}; "
         f"{result.images_used} calibration samples; Q/DQ on {result.activations_quantized} "
-        f"activations and {result.weights_quantized} weights; float parts in {cfg.high_precision}."
+        f"activations and {result.weights_quantized} weights; biases of {len(bc)} layers "
+        f"corrected; float parts in {cfg.high_precision}."
     )
     if result.fidelity:
         fidelity_section(doc, result.fidelity, result.holdout_images)
