@@ -48,3 +48,24 @@ def test_derived_collectors_equal_direct_ones(pad_value):
     assert set(ob.zero_pads(m, names)) == ({"p"} if pad_value == 0.0 else set())
     zeros = got["p"].counts[0] - got["r"].counts[0]
     assert zeros == (3 * 2 * 3 * (7 * 10 - 5 * 6) if pad_value == 0.0 else 0)
+
+
+def test_pads_an_exporter_computes_from_constants_are_derived_too():
+    # torch.nn.functional.pad exports its pads as a chain of Constant/Concat/Cast nodes
+    m = padded_chain()
+    pads = [i for i in m.graph.initializer if i.name == "pads"][0]
+    m.graph.initializer.remove(pads)
+    half = numpy_helper.from_array(np.array([0, 0, 1, 2], np.float32), "half")
+    m.graph.node.insert(0, helper.make_node("Constant", [], ["half_c"], value=half))
+    m.graph.node.insert(1, helper.make_node("Concat", ["half_c", "half_c"], ["both"], axis=0))
+    m.graph.node.insert(2, helper.make_node("Cast", ["both"], ["pads"], to=7))  # int64
+    np.testing.assert_array_equal(ob.constant_value(m, "pads"), [0, 0, 1, 2, 0, 0, 1, 2])
+    assert ob.constant_value(m, "r") is None  # depends on the input
+    assert set(ob.zero_pads(m, ["r", "p"])) == {"p"}
+    rng = np.random.default_rng(1)
+    batches = [{"x": rng.normal(size=(2, 3, 5, 6)).astype(np.float32)}]
+    got = ob.observe(m, batches, HistogramCollector, names=["p"])["p"]
+    direct = HistogramCollector()
+    for values in ob.run_exposed(m, ["p"], batches):
+        direct.collect(values["p"])
+    np.testing.assert_array_equal(got.counts, direct.counts)

@@ -149,15 +149,66 @@ def pad_source(node, inits: dict[str, object]) -> PadSource | None:
     return PadSource(node.input[0], const(node.input[1]), const(value) if value else None)
 
 
+def constant_value(model, name: str, producer: dict | None = None) -> np.ndarray | None:
+    """The value of tensor ``name`` when it is computed from constants only (the pads an
+    exporter builds from Constant/ConstantOfShape/Concat/Slice/Cast nodes), else None."""
+    onnx = require("onnx")
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    inits = {i.name: i for i in model.graph.initializer}
+    if name in inits:
+        return numpy_helper.to_array(inits[name])
+    producer = (
+        producer if producer is not None else {o: n for n in model.graph.node for o in n.output}
+    )
+    cone: list = []
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        t = todo.pop()
+        if not t or t in seen or t in inits:
+            continue
+        seen.add(t)
+        node = producer.get(t)
+        if node is None or len(cone) > 64:  # a graph input, or not a small constant subgraph
+            return None
+        cone.append(node)
+        todo.extend(node.input)
+    order = {id(n): k for k, n in enumerate(model.graph.node)}
+    cone = sorted({id(n): n for n in cone}.values(), key=lambda n: order[id(n)])
+    used = {i for n in cone for i in n.input}
+    graph = helper.make_graph(
+        cone,
+        "constant",
+        [],
+        [onnx.ValueInfoProto(name=name)],
+        [inits[i] for i in used if i in inits],
+    )
+    sub = helper.make_model(graph, opset_imports=model.opset_import)
+    try:
+        return np.asarray(ReferenceEvaluator(sub).run(None, {})[0])
+    except Exception as exc:  # an op the reference evaluator lacks: not derived
+        log.debug("cannot fold %s: %s", name, exc)
+        return None
+
+
 def zero_pads(model, names: list[str]) -> dict[str, tuple[str, np.ndarray]]:
     """{Pad output: (its input, pads)} for the Pads in ``names`` that only add zeros around an
-    activation (constant pads >= 0, value 0): their statistics are the input's plus zeros."""
+    activation (constant pads >= 0, value 0): their statistics are the input's plus zeros.
+    Pads an exporter computes from constants count as constant."""
     inits = {i.name: i for i in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
     found = {}
     for name in names:
         src = pad_source(producer.get(name), inits)
-        if src is None or isinstance(src.pads, str) or isinstance(src.value, str):
+        if src is not None and isinstance(src.pads, str):
+            src.pads = constant_value(model, src.pads, producer)
+        if src is not None and isinstance(src.value, str):
+            src.value = constant_value(model, src.value, producer)
+        if src is None or src.pads is None or isinstance(src.value, str):
+            continue
+        if src.value is not None and np.asarray(src.value).size != 1:
             continue
         if (np.asarray(src.pads) < 0).any() or (src.value is not None and float(src.value) != 0):
             continue
