@@ -65,7 +65,8 @@ def test_calibrate_and_cache_show_diff(image_model, tmp_path, capsys):
         main(["calibrate", model, "--calib", str(folder), "-o", str(b), "--method", "minmax"]) == 0
     )
     assert CalibrationCache.read(a).header == "TRT-100300-EntropyCalibration2"
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    assert "(auto: entropy)" in printed and "Q/DQ on" not in printed  # a cache-only run
     assert main(["cache", "show", str(a)]) == 0
     shown = capsys.readouterr().out
     scale = CalibrationCache.read(a).scales["x"]

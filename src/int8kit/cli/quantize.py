@@ -239,10 +239,13 @@ def print_summary(result, out=None) -> None:
             p(f"    skipped {path}: {why}")
         if len(result.skipped_files) > 5:
             p(f"    ... and {len(result.skipped_files) - 5} more")
-    p(
-        f"  ranges: {result.tensors_calibrated} tensors; Q/DQ on {result.activations_quantized} "
-        f"activations and {result.weights_quantized} weights"
+    qdq = (
+        f"; Q/DQ on {result.activations_quantized} activations and "
+        f"{result.weights_quantized} weights"
+        if "qdq_onnx" in result.outputs
+        else ""
     )
+    p(f"  ranges: {result.tensors_calibrated} tensors{qdq}")
     if "qdq_onnx" in result.outputs and not result.activations_quantized:
         p(
             "  WARNING: nothing was quantized: every compute layer reads the network input or "
