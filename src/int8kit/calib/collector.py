@@ -102,20 +102,26 @@ class HistogramCollector:
         else:
             self.counts[0] += n
 
-    def _add_to_histogram(self, x: np.ndarray, batch_amax: float) -> None:
-        """Bin |x| (x finite, flat float32). Index = trunc(|x| * (1/width)) in float32, the last
-        bin also takes anything at or past its upper edge."""
+    def _make_room(self, batch_amax: float, size: int) -> bool:
+        """Set the range on the first non-zero batch and grow it for a larger one; False when
+        the batch (``size`` values, all zero before any range exists) is counted already."""
         if self.counts is None:
             if batch_amax == 0.0:
-                self._pending_zeros += x.size
-                return
+                self._pending_zeros += size
+                return False
             self.width = batch_amax / self.num_bins
             self.counts = np.zeros(self.num_bins, dtype=np.int64)
             self.counts[0] += self._pending_zeros
             self._pending_zeros = 0
         if batch_amax > self.counts.size * self.width:
             self._grow(batch_amax)
-        kernels.add_counts(x, np.float32(1.0 / self.width), self.counts)
+        return True
+
+    def _add_to_histogram(self, x: np.ndarray, batch_amax: float) -> None:
+        """Bin |x| (x finite, flat float32). Index = trunc(|x| * (1/width)) in float32, the last
+        bin also takes anything at or past its upper edge."""
+        if self._make_room(batch_amax, x.size):
+            kernels.add_counts(x, np.float32(1.0 / self.width), self.counts)
 
     def _grow(self, new_amax: float) -> None:
         assert self.counts is not None

@@ -47,16 +47,8 @@ class TorchHistogramCollector(HistogramCollector):
             self._add_torch(x.abs(), batch_amax)
 
     def _add_torch(self, a: torch.Tensor, batch_amax: float) -> None:
-        if self.counts is None:
-            if batch_amax == 0.0:
-                self._pending_zeros += a.numel()
-                return
-            self.width = batch_amax / self.num_bins
-            self.counts = np.zeros(self.num_bins, dtype=np.int64)
-            self.counts[0] += self._pending_zeros
-            self._pending_zeros = 0
-        if batch_amax > self.counts.size * self.width:
-            self._grow(batch_amax)  # the numpy collector's rule: same width, bins appended
+        if not self._make_room(batch_amax, a.numel()):  # the numpy collector's range rule
+            return
         nbins = self.counts.size
         # Same arithmetic as the numpy collector: float32 multiply by float32(1/width), truncate.
         inv = torch.tensor(np.float32(1.0 / self.width), device=a.device)
