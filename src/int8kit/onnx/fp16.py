@@ -213,34 +213,23 @@ def _boundaries(g, keep_io_types: bool, summary: FP16Summary) -> None:
     from onnx import TensorProto
 
     first, last = [], []
-    for vi in g.input:
+    edges = [(vi, False) for vi in g.input] + [(vi, True) for vi in g.output]
+    for vi, is_output in edges:
         if vi.type.tensor_type.elem_type != TensorProto.FLOAT:
             continue
         if not keep_io_types:
             vi.type.tensor_type.elem_type = TensorProto.FLOAT16
             continue
         half = f"{vi.name}__fp16"
-        for node in g.node:
-            for i, name in enumerate(node.input):
-                if name == vi.name:
-                    node.input[i] = half
-        first.append(_cast(vi.name, half, TensorProto.FLOAT16, f"{vi.name}_to_fp16"))
-        summary.boundary_casts += 1
-    for vi in g.output:
-        if vi.type.tensor_type.elem_type != TensorProto.FLOAT:
-            continue
-        if not keep_io_types:
-            vi.type.tensor_type.elem_type = TensorProto.FLOAT16
-            continue
-        half = f"{vi.name}__fp16"
-        for node in g.node:
-            for i, name in enumerate(node.output):
-                if name == vi.name:
-                    node.output[i] = half
-            for i, name in enumerate(node.input):
-                if name == vi.name:
-                    node.input[i] = half
-        last.append(_cast(half, vi.name, TensorProto.FLOAT, f"{vi.name}_to_fp32"))
+        for node in g.node:  # an output's producer writes the FP16 tensor instead
+            for names in (node.input, node.output) if is_output else (node.input,):
+                for i, name in enumerate(names):
+                    if name == vi.name:
+                        names[i] = half
+        if is_output:
+            last.append(_cast(half, vi.name, TensorProto.FLOAT, f"{vi.name}_to_fp32"))
+        else:
+            first.append(_cast(vi.name, half, TensorProto.FLOAT16, f"{vi.name}_to_fp16"))
         summary.boundary_casts += 1
     nodes = first + list(g.node) + last
     del g.node[:]
