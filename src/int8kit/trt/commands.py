@@ -103,6 +103,16 @@ def explicit_fp16(mode: str, fp16: bool | None, version: TrtVersion) -> bool:
     return False
 
 
+def _explicit_flags(
+    version: TrtVersion, strongly_typed: bool | None, fp16: bool | None, typed_flag: str
+) -> list[str]:
+    """The precision flags of a Q/DQ build (trtexec and polygraphy spell only the strongly
+    typed one differently)."""
+    mode = explicit_mode(version, strongly_typed)
+    flags = {"flag": [typed_flag], "weak": ["--int8"]}.get(mode, [])
+    return flags + (["--fp16"] if explicit_fp16(mode, fp16, version) else [])
+
+
 def trtexec_explicit(
     qdq_onnx: PathLike,
     engine: PathLike,
@@ -116,14 +126,8 @@ def trtexec_explicit(
 ) -> list[str]:
     """trtexec for a Q/DQ ONNX: ``--stronglyTyped`` on 10.12+, ``--int8 --fp16`` before, plain on 11."""
     version = parse_version(version)
-    mode = explicit_mode(version, strongly_typed)
     argv = ["trtexec", f"--onnx={os.fspath(qdq_onnx)}"]
-    if mode == "flag":
-        argv.append("--stronglyTyped")
-    elif mode == "weak":
-        argv.append("--int8")
-    if explicit_fp16(mode, fp16, version):
-        argv.append("--fp16")
+    argv += _explicit_flags(version, strongly_typed, fp16, "--stronglyTyped")
     return argv + _common_tail(engine, version, profiles, workspace_mib, timing_cache)
 
 
@@ -212,14 +216,8 @@ def polygraphy_explicit(
 ) -> list[str]:
     """``polygraphy convert`` for a Q/DQ ONNX, with the same typing rules as trtexec_explicit."""
     version = parse_version(version)
-    mode = explicit_mode(version, strongly_typed)
     argv = ["polygraphy", "convert", os.fspath(qdq_onnx)]
-    if mode == "flag":
-        argv.append("--strongly-typed")
-    elif mode == "weak":
-        argv.append("--int8")
-    if explicit_fp16(mode, fp16, version):
-        argv.append("--fp16")
+    argv += _explicit_flags(version, strongly_typed, fp16, "--strongly-typed")
     return argv + _polygraphy_tail(engine, profiles, workspace_mib, timing_cache)
 
 
