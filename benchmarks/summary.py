@@ -26,28 +26,28 @@ def _f(v, fmt="{:.2f}"):
     return "—" if v is None else fmt.format(v)
 
 
-def _row_detect(label, r):
-    t, o = r.get("fidelity", {}).get("trt-like", {}), r.get("fidelity", {}).get("ort-int8", {})
-    return [
-        label,
-        _f(t.get("map50"), "{:.3f}"),
-        _f(t.get("box_sqnr_db"), "{:.1f}"),
-        _f(t.get("score_sqnr_db"), "{:.1f}"),
-        _f(o.get("map50"), "{:.3f}"),
-        _f(o.get("score_sqnr_db"), "{:.1f}"),
-    ]
+# fidelity columns per task: (backend, metric, format)
+_FIDELITY = {
+    "detect": [
+        ("trt-like", "map50", "{:.3f}"),
+        ("trt-like", "box_sqnr_db", "{:.1f}"),
+        ("trt-like", "score_sqnr_db", "{:.1f}"),
+        ("ort-int8", "map50", "{:.3f}"),
+        ("ort-int8", "score_sqnr_db", "{:.1f}"),
+    ],
+    "classify": [
+        ("trt-like", "top1_agreement", "{:.3f}"),
+        ("trt-like", "topk_overlap", "{:.3f}"),
+        ("trt-like", "sqnr_db", "{:.1f}"),
+        ("ort-int8", "top1_agreement", "{:.3f}"),
+        ("ort-int8", "sqnr_db", "{:.1f}"),
+    ],
+}
 
 
-def _row_classify(label, r):
-    t, o = r.get("fidelity", {}).get("trt-like", {}), r.get("fidelity", {}).get("ort-int8", {})
-    return [
-        label,
-        _f(t.get("top1_agreement"), "{:.3f}"),
-        _f(t.get("topk_overlap"), "{:.3f}"),
-        _f(t.get("sqnr_db"), "{:.1f}"),
-        _f(o.get("top1_agreement"), "{:.3f}"),
-        _f(o.get("sqnr_db"), "{:.1f}"),
-    ]
+def _fidelity_row(task: str, label: str, r: dict) -> list[str]:
+    fid = r.get("fidelity", {})
+    return [label] + [_f(fid.get(b, {}).get(m), fmt) for b, m, fmt in _FIDELITY[task]]
 
 
 def _common(r, fp32_ms):
@@ -105,7 +105,7 @@ def table(name: str, data: dict) -> str:
                 f"{(r.get('skipped') or 'failed').splitlines()[0][:120]} |" + " |" * (len(head) - 2)
             )
             continue
-        row = (_row_detect if detect else _row_classify)(NOTE.get(label, label), r)
+        row = _fidelity_row("detect" if detect else "classify", NOTE.get(label, label), r)
         lines.append("| " + " | ".join(row + _common(r, fp32_ms)) + " |")
     lines.append("| FP32 |" + " |" * (len(head) - 3) + f" {_f(fp32_ms, '{:.1f}')} | 0/0 |")
     return "\n".join(lines)
