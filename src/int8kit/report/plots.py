@@ -105,27 +105,35 @@ def sensitivity_plot(path, rows: list[dict], top: int = 25) -> None:
     rows = rows[:top]
     names = [short(r["node"]) for r in rows][::-1]
     y = np.arange(len(rows))
-    has_skip = any(r.get("gain_db") is not None for r in rows)
-    has_only = any(r.get("only_sqnr_db") is not None for r in rows)
-    ncols = int(has_skip) + int(has_only)
+    # (row key, value for an infinite SQNR, colour, x label, title) of each panel with data
+    panels = [
+        p
+        for p in (
+            (
+                "gain_db",
+                60.0,
+                "tab:orange",
+                "SQNR gained when only this layer stays float (dB)",
+                "Leave one layer in float",
+            ),
+            (
+                "only_sqnr_db",
+                80.0,
+                "tab:blue",
+                "SQNR with only this layer quantized (dB, lower = more sensitive)",
+                "Quantize one layer alone",
+            ),
+        )
+        if any(r.get(p[0]) is not None for r in rows)
+    ]
+    ncols = len(panels)
     fig, axes = plt.subplots(
         1, ncols, figsize=(6 * ncols + 2, 0.32 * len(rows) + 1.6), sharey=True, squeeze=False
     )
-    axes = list(axes[0])
-    if has_skip:
-        ax = axes.pop(0)
-        gains = [_finite(r["gain_db"], 60.0) for r in rows][::-1]
-        ax.barh(y, gains, color="tab:orange")
-        ax.set_xlabel("SQNR gained when only this layer stays float (dB)")
-        ax.set_title("Leave one layer in float", fontsize=10)
-        ax.grid(axis="x", alpha=0.3)
-        ax.set_yticks(y, names, fontsize=8)
-    if has_only:
-        ax = axes.pop(0)
-        only = [_finite(r["only_sqnr_db"], 80.0) for r in rows][::-1]
-        ax.barh(y, only, color="tab:blue")
-        ax.set_xlabel("SQNR with only this layer quantized (dB, lower = more sensitive)")
-        ax.set_title("Quantize one layer alone", fontsize=10)
+    for ax, (key, inf_value, color, xlabel, title) in zip(axes[0], panels, strict=True):
+        ax.barh(y, [_finite(r[key], inf_value) for r in rows][::-1], color=color)
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         ax.set_yticks(y, names, fontsize=8)
     fig.suptitle(f"Layer sensitivity (top {len(rows)}, most sensitive on top)")
