@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from int8kit.data import DataConfig, PreprocessConfig
+from int8kit.errors import DataError, Int8kitError
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -135,3 +136,15 @@ def data_config(args: argparse.Namespace) -> DataConfig | None:
         preprocess=pre,
         input_name=args.input_name,
     )
+
+
+def required_data_config(args: argparse.Namespace, what: str, flag: str = "--data") -> DataConfig:
+    """data_config for a command that cannot run without data: a clear error when none is given
+    (``what`` names it, e.g. "evaluation data") or the arguments do not fit together."""
+    try:
+        data = data_config(args)
+    except ValueError as exc:
+        raise Int8kitError(str(exc)) from exc
+    if data is None:
+        raise DataError(f"give {what} with {flag} DIR (or --data-loader-script)")
+    return data

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from int8kit.cli.dataargs import add_data_args, data_config
-from int8kit.errors import DataError, Int8kitError
+from int8kit.cli.dataargs import add_data_args, required_data_config
 
 
 def register(sub) -> None:
@@ -86,12 +85,7 @@ def print_eval(result: dict, out=None) -> None:
 def run(args: argparse.Namespace) -> int:
     from int8kit.analysis.evaluate import evaluate
 
-    try:
-        data = data_config(args)
-    except ValueError as exc:
-        raise Int8kitError(str(exc)) from exc
-    if data is None:
-        raise DataError("give evaluation data with --data DIR (or --data-loader-script)")
+    data = required_data_config(args, "evaluation data")
     backends = tuple(dict.fromkeys(args.backend or ["trt-like", "ort-int8"]))
     result = evaluate(
         args.fp32, args.int8, data, task=args.task, layout=args.detect_layout, backends=backends

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from int8kit.cli.dataargs import add_data_args, data_config
+from int8kit.cli.dataargs import add_data_args, required_data_config
 from int8kit.cli.eval import fmt
-from int8kit.errors import DataError, Int8kitError
+from int8kit.errors import Int8kitError
 
 
 def register(sub) -> None:
@@ -59,12 +59,7 @@ def print_layers(result: dict, top: int, out=None) -> None:
 def run(args: argparse.Namespace) -> int:
     from int8kit.analysis.layers import analyze_layers
 
-    try:
-        data = data_config(args)
-    except ValueError as exc:
-        raise Int8kitError(str(exc)) from exc
-    if data is None:
-        raise DataError("give data with --data DIR (or --data-loader-script)")
+    data = required_data_config(args, "data")
     if args.top < 1:
         raise Int8kitError(f"--top must be >= 1, got {args.top}")
     result = analyze_layers(args.fp32, args.int8, data, backend=args.backend)

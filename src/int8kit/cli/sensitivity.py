@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from int8kit.cli.dataargs import add_data_args, data_config
+from int8kit.cli.dataargs import add_data_args, required_data_config
 from int8kit.cli.eval import fmt
 from int8kit.cli.quantize import add_calib_args
 from int8kit.errors import Int8kitError
@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.samples < 1 or args.top < 1:
         raise Int8kitError("--samples and --top must be >= 1")
+    data = required_data_config(args, "data", "--calib")
     try:
-        data = data_config(args)
         calib = CalibConfig(
             method="entropy" if args.method == "search" else args.method,
             percentile=args.percentile,
@@ -66,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise Int8kitError(str(exc)) from exc
-    if data is None:
-        raise Int8kitError("give data with --calib DIR (or --data-loader-script)")
     model = load_model(args.model)
     node_names_unique(model)
     specs = input_specs(model)
