@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 
 from int8kit.calib.cache import ALGORITHMS, DEFAULT_VERSION
 from int8kit.cli.dataargs import add_data_args, data_config
+from int8kit.cli.eval import fmt
 from int8kit.errors import Int8kitError
 from int8kit.onnx.placement import PlacementConfig
 from int8kit.workflow import ALL_METHODS
@@ -193,14 +193,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt(x) -> str:
-    if isinstance(x, float):
-        if math.isnan(x):
-            return "n/a"
-        return "inf" if math.isinf(x) else f"{x:.3f}"
-    return str(x)
-
-
 def summary_dict(result) -> dict:
     return {
         "outputs": {k: str(v) for k, v in result.outputs.items()},
@@ -283,17 +275,17 @@ def print_summary(result, out=None) -> None:
                 else "ONNX Runtime integer kernels"
             )
             for name, m in outputs.items():
-                parts = [f"SQNR {_fmt(m['sqnr_db'])} dB", f"cos {_fmt(m['cosine'])}"]
+                parts = [f"SQNR {fmt(m['sqnr_db'])} dB", f"cos {fmt(m['cosine'])}"]
                 if m.get("task") == "detect":
                     parts += [
-                        f"box SQNR {_fmt(m['box_sqnr_db'])} dB",
-                        f"score SQNR {_fmt(m['score_sqnr_db'])} dB",
-                        f"mAP@0.5 {_fmt(m['map50'])}",
+                        f"box SQNR {fmt(m['box_sqnr_db'])} dB",
+                        f"score SQNR {fmt(m['score_sqnr_db'])} dB",
+                        f"mAP@0.5 {fmt(m['map50'])}",
                     ]
                 if m.get("task") == "classify":
                     parts += [
-                        f"top-1 agree {_fmt(m['top1_agreement'])}",
-                        f"top-5 overlap {_fmt(m['topk_overlap'])}",
+                        f"top-1 agree {fmt(m['top1_agreement'])}",
+                        f"top-5 overlap {fmt(m['topk_overlap'])}",
                     ]
                 p(f"    {backend:9s} {name}: " + ", ".join(parts) + f"   [{label}]")
     if "qdq_onnx" in result.outputs:
@@ -302,8 +294,8 @@ def print_summary(result, out=None) -> None:
 
 def _print_fallback(fb: dict, p) -> None:
     def metrics(m: dict) -> str:
-        top1 = f", top-1 {_fmt(m['top1'])}" if m.get("top1") is not None else ""
-        return f"worst-part SQNR {_fmt(m['sqnr_db'])} dB{top1}"
+        top1 = f", top-1 {fmt(m['top1'])}" if m.get("top1") is not None else ""
+        return f"worst-part SQNR {fmt(m['sqnr_db'])} dB{top1}"
 
     state = "reached" if fb["reached"] else "NOT reached"
     p(
