@@ -185,8 +185,8 @@ class QuantizeConfig:
             ranges=d.get("ranges"),
             task=d.get("task", "auto"),
             write_qdq=d.get("write_qdq", True),
-            write_cache=d.get("write_cache", False),
-            bias_correction=d.get("bias_correction", False),
+            write_cache=d.get("write_cache", True),  # runs before the key existed wrote it
+            bias_correction=d.get("bias_correction", False),  # ... and had no correction
             target_sqnr=d.get("target_sqnr"),
             target_top1=d.get("target_top1"),
             sensitivity_samples=d.get("sensitivity_samples", 8),
