@@ -92,7 +92,9 @@ def test_gated_model_equals_the_qdq_model_of_each_subset(setup):
     skip = make_session(insert_qdq(m, p2, amax)[0], optimize=False).run(None, feed)[0]
     assert np.array_equal(s.run(None, {**feed, **on, gates[BAD]: np.array(False)})[0], skip)
     off = {g: np.array(False) for g in gates.values()}
-    assert np.allclose(s.run(None, {**feed, **off})[0], make_session(m).run(None, feed)[0])
+    # Both unoptimized: ONNX Runtime's fusions change float rounding (~1e-7) between versions.
+    plain = make_session(m, optimize=False).run(None, feed)[0]
+    assert np.array_equal(s.run(None, {**feed, **off})[0], plain)
 
 
 def test_sensitivity_ranks_the_planted_layer_first_in_both_views(setup):
