@@ -1,11 +1,13 @@
 """NNCF post-training quantization of the ONNX model. Runs in its own venv.
 
-usage: python nncf_runner.py MODEL CALIB.npy OUT.onnx [default|signed]
+usage: python nncf_runner.py MODEL CALIB.npy|CALIB.npz OUT.onnx [default|signed|transformer]
   default: NNCF's default preset (symmetric; activations that are never negative get UINT8
            quantizers, and fast bias correction is on) — not TensorRT-deployable as is.
   signed:  the same with every activation quantizer forced to signed INT8, zero point 0
            (AdvancedQuantizationParameters(activations_quantization_params=
            QuantizationParameters(signedness_to_force=True))): what TensorRT accepts.
+  transformer: the default preset with model_type=nncf.ModelType.TRANSFORMER (SmoothQuant,
+           attention-aware placement): NNCF's recipe for encoders.
 Prints one JSON line: {"quantize_s": seconds of the nncf.quantize call, ...}.
 """
 
@@ -15,8 +17,8 @@ import sys
 import time
 
 import nncf
-import numpy as np
 import onnx
+from calib_data import count, feed, graph_inputs, load
 from nncf.quantization.advanced_parameters import (
     AdvancedQuantizationParameters,
     QuantizationParameters,
@@ -46,24 +48,24 @@ def _let_activation_signedness_be_forced():
 
 
 def main(model_path, calib, out, variant="default"):
-    if variant not in ("default", "signed"):
-        raise SystemExit(f"unknown variant {variant!r}: default | signed")
+    if variant not in ("default", "signed", "transformer"):
+        raise SystemExit(f"unknown variant {variant!r}: default | signed | transformer")
     model = onnx.load(model_path)
-    name = model.graph.input[0].name
-    arr = np.load(calib, mmap_mode="r")
-    items = range(len(arr))
-    dataset = nncf.Dataset(items, lambda i: {name: np.ascontiguousarray(arr[i : i + 1])})
+    arrays = load(calib, graph_inputs(model))
+    dataset = nncf.Dataset(range(count(arrays)), lambda i: feed(arrays, i))
     kwargs = {}
+    if variant == "transformer":
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     if variant == "signed":
         _let_activation_signedness_be_forced()
         kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
             activations_quantization_params=QuantizationParameters(signedness_to_force=True)
         )
     t0 = time.perf_counter()
-    q = nncf.quantize(model, dataset, subset_size=len(arr), **kwargs)
+    q = nncf.quantize(model, dataset, subset_size=count(arrays), **kwargs)
     seconds = time.perf_counter() - t0
     onnx.save(q, out)
-    print(json.dumps({"quantize_s": seconds, "images": len(arr), "variant": variant}))
+    print(json.dumps({"quantize_s": seconds, "images": count(arrays), "variant": variant}))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """ONNX Runtime quantize_static (QDQ, per-channel, symmetric int8). Runs in its own venv.
 
-usage: python ort_runner.py MODEL CALIB.npy OUT.onnx {MinMax,Entropy,Percentile}
+usage: python ort_runner.py MODEL CALIB.npy|CALIB.npz OUT.onnx {MinMax,Entropy,Percentile}
 Prints one JSON line: {"quantize_s": seconds of the quantize_static call}.
 """
 
@@ -8,8 +8,8 @@ import json
 import sys
 import time
 
-import numpy as np
 import onnx
+from calib_data import count, feed, graph_inputs, load
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -20,27 +20,26 @@ from onnxruntime.quantization import (
 
 
 class Reader(CalibrationDataReader):
-    def __init__(self, name, arr):
-        self.name, self.arr, self.i = name, arr, 0
+    def __init__(self, arrays):
+        self.arrays, self.i = arrays, 0
 
     def get_next(self):
-        if self.i >= len(self.arr):
+        if self.i >= count(self.arrays):
             return None
         self.i += 1
-        return {self.name: np.ascontiguousarray(self.arr[self.i - 1 : self.i])}
+        return feed(self.arrays, self.i - 1)
 
     def rewind(self):
         self.i = 0
 
 
 def main(model, calib, out, method):
-    name = onnx.load(model, load_external_data=False).graph.input[0].name
-    arr = np.load(calib, mmap_mode="r")
+    arrays = load(calib, graph_inputs(onnx.load(model, load_external_data=False)))
     t0 = time.perf_counter()
     quantize_static(
         model,
         out,
-        Reader(name, arr),
+        Reader(arrays),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QInt8,
@@ -48,7 +47,7 @@ def main(model, calib, out, method):
         calibrate_method=getattr(CalibrationMethod, method),
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
     )
-    print(json.dumps({"quantize_s": time.perf_counter() - t0, "images": len(arr)}))
+    print(json.dumps({"quantize_s": time.perf_counter() - t0, "images": count(arrays)}))
 
 
 if __name__ == "__main__":
