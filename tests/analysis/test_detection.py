@@ -10,6 +10,7 @@ from int8kit.analysis.detection import (
     map50,
     nms,
     resolve_layout,
+    select_detections,
     split_yolo_output,
 )
 from int8kit.analysis.metrics import sqnr_db
@@ -70,6 +71,34 @@ def test_decode_v5_hand_tensor():
     assert len(dets) == 2
     for det in dets:
         np.testing.assert_allclose(det, expected, rtol=1e-6)
+
+
+def test_select_detections_on_decoded_candidates():
+    boxes = np.array([[40, 40, 60, 60], [42, 40, 62, 60], [40, 40, 60, 60], [0, 0, 5, 5]], float)
+    scores = np.array([0.9, 0.8, 0.7, 0.2])
+    # one class: box 1 (IoU 360/440) and box 2 (IoU 1) fall to box 0, box 3 is below conf
+    det = select_detections(boxes, scores, conf=0.25, iou=0.45)
+    np.testing.assert_allclose(det, [[40, 40, 60, 60, 0.9, 0]])
+    assert det.dtype == np.float32
+    # classes keep box 2 apart; a NaN score and an infinite box never pass
+    det = select_detections(boxes, scores, np.array([0, 0, 1, 0]), conf=0.25)
+    np.testing.assert_allclose(det[:, 4:], [[0.9, 0], [0.7, 1]], rtol=1e-6)
+    bad = select_detections([[0, 0, np.inf, 1], [0, 0, 1, 1]], [0.9, np.nan], conf=0.1)
+    assert bad.shape == (0, 6)
+    with pytest.raises(DataError, match="one of each"):
+        select_detections(boxes, scores[:3])
+
+
+def test_select_detections_matches_decode_yolo():
+    rng = np.random.default_rng(3)
+    out = _random_v8(rng, 1)
+    (expected,) = decode_yolo(out, layout="v8", conf=0.3)
+    rows = out[0].T
+    cls = np.argmax(rows[:, 4:], axis=1)
+    xyxy = np.concatenate([rows[:, :2] - rows[:, 2:4] / 2, rows[:, :2] + rows[:, 2:4] / 2], 1)
+    got = select_detections(xyxy, rows[np.arange(len(rows)), 4 + cls], cls, conf=0.3)
+    assert len(expected) > 3
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
 def test_auto_layout_rule_on_real_shapes():

@@ -12,6 +12,10 @@ Raw output layouts (a 3-D tensor, batch first; a 2-D tensor is taken as one imag
   channels on the last axis, e.g. (1, 25200, 85)), otherwise "v8" (e.g. (1, 84, 8400)).
   Tiny hand-built tensors can fool the rule; pass the layout explicitly then.
 
+Detectors whose boxes are decoded outside the model (anchor priors as in RetinaFace, grids
+and strides as in YOLOX exports) decode their own candidates and pass them to
+`select_detections`, which applies the same threshold and NMS as `decode_yolo`.
+
 The box coordinates (0..640) and the scores (0..1) of one raw tensor must be measured apart:
 a single int8 scale on their concat zeroes every score while the raw-output SQNR still looks
 fine, because the boxes dominate it. `split_yolo_output` and `DetectionStats` do that.
@@ -31,6 +35,7 @@ __all__ = [
     "map50",
     "nms",
     "resolve_layout",
+    "select_detections",
     "split_yolo_output",
 ]
 
@@ -161,17 +166,44 @@ def decode_yolo(
     for box, sc in zip(cxcywh, cls_scores, strict=True):
         cls = np.argmax(sc, axis=1)
         score = np.take_along_axis(sc, cls[:, None], axis=1)[:, 0]
-        with np.errstate(invalid="ignore"):
-            mask = (score > conf) & np.isfinite(box).all(axis=1)  # NaN scores never pass
-        box, score, cls = box[mask].astype(np.float64), score[mask], cls[mask]
-        if score.size > _MAX_NMS:
-            top = np.argsort(-score, kind="stable")[:_MAX_NMS]
-            box, score, cls = box[top], score[top], cls[top]
+        box = box.astype(np.float64)
         xyxy = np.concatenate([box[:, :2] - box[:, 2:] / 2, box[:, :2] + box[:, 2:] / 2], axis=1)
-        keep = nms(xyxy, score, cls, iou, max_out=max_det)
-        det = np.concatenate([xyxy[keep], score[keep, None], cls[keep, None]], axis=1)
-        results.append(det.astype(np.float32).reshape(-1, 6))
+        results.append(select_detections(xyxy, score, cls, conf, iou, max_det))
     return results
+
+
+def select_detections(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray | None = None,
+    conf: float = 0.25,
+    iou: float = 0.45,
+    max_det: int = 300,
+) -> np.ndarray:
+    """Detections of one image from already-decoded candidates, as `decode_yolo` makes them.
+
+    `boxes` (A, 4) xyxy, `scores` (A,), `classes` (A,) (None: one class, 0). Candidates with
+    score > `conf` and finite coordinates go through class-aware NMS (IoU > `iou` suppresses);
+    at most `max_det` float32 rows (x1, y1, x2, y2, score, class) remain, best score first.
+    For detectors whose decoding (anchors, priors, grids) happens outside the model.
+    """
+    box = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    score = np.asarray(scores).reshape(-1)
+    cls = np.zeros(len(score)) if classes is None else np.asarray(classes).reshape(-1)
+    if not len(box) == len(score) == len(cls):
+        raise DataError(
+            f"{len(box)} boxes, {len(score)} scores and {len(cls)} classes; pass one of each "
+            "per candidate"
+        )
+    with np.errstate(invalid="ignore"):
+        mask = (score > conf) & np.isfinite(box).all(axis=1)  # NaN scores never pass
+    box, score, cls = box[mask], score[mask], cls[mask]
+    if score.size > _MAX_NMS:
+        top = np.argsort(-score, kind="stable")[:_MAX_NMS]
+        box, score, cls = box[top], score[top], cls[top]
+    keep = nms(box, score, cls, iou, max_out=max_det)
+    det = np.concatenate([box[keep], score[keep, None], cls[keep, None]], axis=1)
+    return det.astype(np.float32).reshape(-1, 6)
 
 
 def _average_precision(tp: np.ndarray, scores: np.ndarray, n_gt: int) -> float:
