@@ -20,7 +20,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from int8kit.calib.cache import ALGORITHMS, DEFAULT_VERSION
-from int8kit.calib.collector import DEFAULT_BINS, HistogramCollector
+from int8kit.calib.collector import (
+    DEFAULT_BINS,
+    DEFAULT_SAMPLE_QUANTILE,
+    SAMPLE_METHODS,
+    HistogramCollector,
+)
 from int8kit.calib.methods import METHODS
 from int8kit.data import DataConfig
 from int8kit.errors import DataError, ModelError
@@ -34,7 +39,8 @@ log = logging.getLogger(__name__)
 # "auto" (the default): minmax for a Q/DQ model, which with bias correction and the input layer
 # kept float is the most faithful choice on the benchmark models (benchmarks/results); entropy
 # for a cache-only run, the ranges TensorRT's own EntropyCalibration2 would compute.
-ALL_METHODS = ("auto",) + METHODS + ("search",)
+# "mean-max" / "quantile-max": robust ranges from per-sample maxima (calib/collector.py).
+ALL_METHODS = ("auto",) + METHODS + SAMPLE_METHODS + ("search",)
 
 
 @dataclass
@@ -48,12 +54,15 @@ class CalibConfig:
     cache_algorithm: str = "EntropyCalibration2"
 
     search_samples: int = 16  # calibration samples the range search scores candidates on
+    sample_quantile: float = DEFAULT_SAMPLE_QUANTILE  # quantile-max: quantile of sample maxima
 
     def __post_init__(self):
         if self.method not in ALL_METHODS:
             raise ValueError(
                 f"unknown method {self.method!r}; choose one of {', '.join(ALL_METHODS)}"
             )
+        if not 0 <= self.sample_quantile <= 1:
+            raise ValueError(f"sample_quantile must be in [0, 1], got {self.sample_quantile}")
         if not 0 < self.percentile <= 100:
             raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
         if self.num_bins < 128:
@@ -238,11 +247,16 @@ def calibrate(
     if names is not None and not names:
         return Ranges()  # nothing to quantize (e.g. the only layer reads the network input)
     method = "entropy" if calib.method == "search" else calib.method
-    keep_hist = method != "minmax" or bool(candidates_for)
+    keep_hist = method not in ("minmax",) + SAMPLE_METHODS or bool(candidates_for)
     collectors = observe(
         model,
         progress(batches, total=total, desc="calibrating"),
-        lambda: HistogramCollector(calib.num_bins, keep_histogram=keep_hist),
+        lambda: HistogramCollector(
+            calib.num_bins,
+            keep_histogram=keep_hist,
+            per_sample=method in SAMPLE_METHODS,
+            keep_sample_maxima=method == "quantile-max",
+        ),
         names=names,
         light_consumer=not keep_hist,
     )
@@ -254,7 +268,11 @@ def calibrate(
         cands = {}
         if name in candidates_for:
             cands = {m: c.compute_amax(m, calib.percentile) for m in METHODS}
-        amax = cands[method] if cands else c.compute_amax(method, calib.percentile)
+        amax = (
+            cands[method]
+            if method in cands
+            else c.compute_amax(method, calib.percentile, calib.sample_quantile)
+        )
         return TensorRange(amax, method, c.stats.to_dict(), cands)
 
     # The histogram searches are vectorised NumPy that mostly releases the GIL: threads help.

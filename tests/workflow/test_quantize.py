@@ -201,7 +201,8 @@ def test_search_never_does_worse_than_its_starting_point(chain, tmp_path):
 
 def test_config_validation_messages(tmp_path):
     with pytest.raises(
-        ValueError, match="choose one of auto, entropy, minmax, percentile, mse, search"
+        ValueError,
+        match="choose one of auto, entropy, minmax, percentile, mse, mean-max, quantile-max, search",
     ):
         CalibConfig(method="kl")
     with pytest.raises(ValueError, match="give calibration data"):

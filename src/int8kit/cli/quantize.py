@@ -23,6 +23,14 @@ def add_calib_args(parser: argparse.ArgumentParser) -> None:
         "for a cache-only `calibrate`",
     )
     g.add_argument("--percentile", type=float, default=99.99, help="for --method percentile")
+    g.add_argument(
+        "--sample-quantile",
+        type=float,
+        default=0.9,
+        metavar="Q",
+        help="for --method quantile-max: the Q-quantile of the per-sample |x| maxima (mean-max: "
+        "their mean; both robust to a few outlier samples, independent of --batch-size)",
+    )
     g.add_argument("--num-bins", type=int, default=2048, help="histogram bins (default 2048)")
     g.add_argument(
         "--cache-version",
@@ -150,6 +158,7 @@ def build_config(args: argparse.Namespace, write_qdq: bool = True):
             calib=CalibConfig(
                 method=args.method,
                 percentile=args.percentile,
+                sample_quantile=getattr(args, "sample_quantile", 0.9),
                 num_bins=args.num_bins,
                 cache_version=args.cache_version,
                 cache_algorithm=args.cache_algorithm,

@@ -184,7 +184,36 @@ def _padding(x: np.ndarray, pads: np.ndarray, value: float, axis: int) -> tuple[
 
 
 def _means(model, layers, batches, amax, max_samples=None):
-    """(plain means, fake-quantized means or None) of every layer input, in one pass.
+    """(plain means, fake-quantized means or None) of every layer input, in one pass."""
+    return _means_parts(model, layers, batches, amax, [max_samples])[0]
+
+
+def _split_samples(batches, sizes):
+    """(batch, part) for consecutive runs of ``sizes`` samples of ``batches`` (None: the rest);
+    a batch across a boundary is cut there. Nothing past the last part is read."""
+    total = None if None in sizes else sum(sizes)
+    bounds = np.cumsum([s or 0 for s in sizes])
+    seen = 0
+    for batch in take_samples(batches, total):
+        n = len(next(iter(batch.values())))
+        start = 0
+        while start < n:
+            part = int(np.searchsorted(bounds, seen + start, side="right"))
+            part = min(part, len(sizes) - 1)
+            stop = n if sizes[part] is None else min(n, int(bounds[part]) - seen)
+            piece = batch
+            if start or stop < n:
+                piece = {
+                    k: v[start:stop] if np.ndim(v) and len(v) == n else v for k, v in batch.items()
+                }
+            yield piece, part
+            start = stop
+        seen += n
+
+
+def _means_parts(model, layers, batches, amax, sizes):
+    """[(plain means, fake-quantized means or None)] of every layer input over consecutive runs
+    of ``sizes`` samples (None: every remaining sample), all in one pass.
 
     ONNX Runtime runs the next batch in a worker thread while this one adds up the current
     batch's exposed inputs (calib.kernels.add_channel_sums: one pass per tensor, numba)."""
@@ -228,9 +257,9 @@ def _means(model, layers, batches, amax, max_samples=None):
         name: np.float32(safe_amax(amax[fp32]) / 127.0) if amax and fp32 in amax else None
         for name, (fp32, _) in read.items()
     }
-    sums: dict[str, np.ndarray] = {}
-    qsums: dict[str, np.ndarray] = {}
-    counts = dict.fromkeys(names, 0)
+    sums: list[dict[str, np.ndarray]] = [{} for _ in sizes]
+    qsums: list[dict[str, np.ndarray]] = [{} for _ in sizes]
+    counts = [dict.fromkeys(names, 0) for _ in sizes]
 
     # A batch is run in parts of about _RUN_BYTES of exposed values when every input's first
     # dimension is dynamic: memory that stays in use between runs is far cheaper than fresh
@@ -240,23 +269,24 @@ def _means(model, layers, batches, amax, max_samples=None):
 
     def outputs():
         per_run = 1  # samples per run: one at first, then what fits _RUN_BYTES
-        for batch in take_samples(batches, max_samples):
+        for batch, part in _split_samples(batches, sizes):
             feed = {k: v for k, v in batch.items() if k in feeds}
             n = len(next(iter(feed.values()))) if feed else 0
             if not split or n <= 1 or any(np.ndim(v) == 0 or len(v) != n for v in feed.values()):
-                yield session.run(exposed, feed)
+                yield session.run(exposed, feed), part
                 continue
             start = 0
             while start < n:
                 stop = min(n, start + per_run)
                 values = session.run(exposed, {k: v[start:stop] for k, v in feed.items()})
-                yield values
+                yield values, part
                 size = sum(v.nbytes for v in values) // (stop - start)
                 per_run = max(1, _RUN_BYTES // max(1, size))
                 start = stop
 
-    for values in _prefetch(outputs()):
+    for values, part in _prefetch(outputs()):
         got = dict(zip(exposed, values, strict=True))
+        sums_p, qsums_p, counts_p = sums[part], qsums[part], counts[part]
         for name in names:
             axis, scale, src = read[name][1], scales[name], pad_of.get(name)
             if src is None:
@@ -268,25 +298,28 @@ def _means(model, layers, batches, amax, max_samples=None):
                 pads = got[src.pads] if isinstance(src.pads, str) else src.pads
                 v, extra = _padding(got[src.x], pads, c, axis % got[src.x].ndim)
             x = as_channel_view(v, axis)
-            if name not in sums:
-                sums[name] = np.zeros(x.shape[1])
-                qsums[name] = np.zeros(x.shape[1])
-            add_channel_sums(x, scale, sums[name], qsums[name])
-            counts[name] += x.shape[0] * x.shape[2] + extra
+            if name not in sums_p:
+                sums_p[name] = np.zeros(x.shape[1])
+                qsums_p[name] = np.zeros(x.shape[1])
+            add_channel_sums(x, scale, sums_p[name], qsums_p[name])
+            counts_p[name] += x.shape[0] * x.shape[2] + extra
             if extra and c:  # the padding's constant, ``extra`` times in every channel
-                sums[name] += float(c) * extra
+                sums_p[name] += float(c) * extra
                 if scale is not None:
-                    qsums[name] += float(np.rint(np.clip(c / scale, -128, 127))) * extra
-    plain = {read[n][0]: sums[n] / counts[n] for n in sums}
-    if not amax:
-        return plain, None
-    quantized = {
-        read[n][0]: (qsums[n] * np.float64(scales[n]) / counts[n])
-        if scales[n]
-        else plain[read[n][0]]
-        for n in sums
-    }
-    return plain, quantized
+                    qsums_p[name] += float(np.rint(np.clip(c / scale, -128, 127))) * extra
+    results = []
+    for sums_p, qsums_p, counts_p in zip(sums, qsums, counts, strict=True):
+        plain = {read[n][0]: sums_p[n] / counts_p[n] for n in sums_p}
+        quantized = None
+        if amax:
+            quantized = {
+                read[n][0]: (qsums_p[n] * np.float64(scales[n]) / counts_p[n])
+                if scales[n]
+                else plain[read[n][0]]
+                for n in sums_p
+            }
+        results.append((plain, quantized))
+    return results
 
 
 def _expected(op: BiasLayer, w: np.ndarray, m: np.ndarray, attrs: dict) -> np.ndarray:

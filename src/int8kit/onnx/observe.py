@@ -298,6 +298,14 @@ def exposure_plan(model, names: list[str], derive_pads: bool = True):
     return exposed, aliases, pads
 
 
+def _counting(batches, sizes: list[int]):
+    """``batches``, appending each batch's sample count (first input's axis 0) to ``sizes``."""
+    for batch in batches:
+        first = next(iter(batch.values()), None)
+        sizes.append(int(first.shape[0]) if first is not None and np.ndim(first) else 1)
+        yield batch
+
+
 def observe(
     model,
     batches: Iterable[dict[str, np.ndarray]],
@@ -316,12 +324,19 @@ def observe(
     exposed, aliases, pads = exposure_plan(model, names, hasattr(make_collector(), "add_zeros"))
     zeros = dict.fromkeys(pads, 0)
     collectors: dict[str, object] = {}
-    for values in run_exposed(model, exposed, batches, providers, light_consumer):
+    # Collectors with per-sample statistics learn how many samples each batch holds.
+    sizes: list[int] | None = [] if getattr(make_collector(), "per_sample", False) else None
+    if sizes is not None:
+        batches = _counting(batches, sizes)
+    for k, values in enumerate(run_exposed(model, exposed, batches, providers, light_consumer)):
         for name, value in values.items():
             c = collectors.get(name)
             if c is None:
                 c = collectors[name] = make_collector()
-            c.collect(value)
+            if sizes is None:
+                c.collect(value)
+            else:
+                c.collect(value, samples=sizes[k])
         for name, (x, pad) in pads.items():
             if x in values:
                 zeros[name] += _padded_zeros(values[x].shape, pad)
