@@ -8,7 +8,6 @@ from types import ModuleType
 _INSTALL = {
     "onnx": "pip install onnx",
     "onnxruntime": "pip install onnxruntime",
-    "onnx_graphsurgeon": "pip install onnx-graphsurgeon",
     "cv2": "pip install opencv-python-headless",
     "tqdm": "pip install tqdm",
     "torch": "pip install 'int8kit[torch]'",

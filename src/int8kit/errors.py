@@ -15,3 +15,8 @@ class ModelError(Int8kitError):
 
 class CacheFormatError(Int8kitError):
     """A TensorRT calibration cache is malformed."""
+
+
+class OutputError(Int8kitError, ValueError):
+    """An output cannot be written where it was asked for, or would overwrite an input (a
+    ValueError too: configs raise it on construction, like their other bad values)."""

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -73,17 +74,53 @@ class Ranges:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Ranges:
+        """Read a ranges file; every amax is checked (a positive finite number), so a bad value
+        stops the run with the tensor and the file named instead of becoming a silent 1.0."""
         try:
             with open(path, encoding="utf-8") as f:
                 d = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise Int8kitError(f"cannot read ranges file {path}: {exc}") from exc
-        if d.get("format") != FORMAT:
-            raise Int8kitError(f"{path} is not an int8kit ranges file (format {d.get('format')!r})")
-        tensors = {}
-        for name, t in d["tensors"].items():
-            stats = {k: t[k] for k in ("count", "min", "max", "nan", "inf") if k in t}
-            tensors[name] = TensorRange(
-                float(t["amax"]), t.get("method", "?"), stats, dict(t.get("candidates", {}))
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            found = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise Int8kitError(
+                f"{path} is not an int8kit ranges file (format {found!r}, expected {FORMAT!r}); "
+                "give the .ranges.json an int8kit run wrote"
             )
-        return cls(tensors, d.get("config", {}))
+        entries = d.get("tensors")
+        if not isinstance(entries, dict):
+            raise Int8kitError(
+                f"{path}: 'tensors' must map tensor names to {{\"amax\": number, ...}}, "
+                f"got {type(entries).__name__}"
+            )
+        tensors = {}
+        for name, t in entries.items():
+            if not isinstance(t, dict) or "amax" not in t:
+                raise Int8kitError(
+                    f"{path}: tensor {name!r} has no amax (its entry is {t!r}); each tensor "
+                    'needs {"amax": <positive number>}'
+                )
+            stats = {k: t[k] for k in ("count", "min", "max", "nan", "inf") if k in t}
+            candidates = t.get("candidates", {})
+            if not isinstance(candidates, dict):
+                raise Int8kitError(f"{path}: tensor {name!r}: 'candidates' must be an object")
+            tensors[name] = TensorRange(
+                _amax(t["amax"], name, path, stats), str(t.get("method", "?")), stats, candidates
+            )
+        config = d.get("config", {})
+        return cls(tensors, config if isinstance(config, dict) else {})
+
+
+def _amax(value, name: str, path, stats: dict) -> float:
+    """A checked amax: a positive finite number. 0.0 is accepted only where the file's own
+    statistics say the tensor was always zero or never finite (what calibration writes then)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    amax = float(value) if ok else math.nan
+    always_zero = stats.get("count") == 0 or (stats.get("min") == 0 and stats.get("max") == 0)
+    if ok and math.isfinite(amax) and (amax > 0 or (amax == 0 and always_zero)):
+        return amax
+    raise Int8kitError(
+        f"{path}: tensor {name!r} has amax {value!r}; an amax must be a positive finite number "
+        "(TensorRT refuses a scale <= 0, NaN or Inf). Fix the file, or calibrate again without "
+        "--ranges"
+    )

@@ -29,6 +29,7 @@ from int8kit.calib.collector import (
 from int8kit.calib.methods import METHODS
 from int8kit.data import DataConfig
 from int8kit.errors import DataError, ModelError
+from int8kit.fileio import check_outputs
 from int8kit.onnx.placement import PlacementConfig
 from int8kit.ranges import Ranges, TensorRange
 
@@ -100,13 +101,6 @@ class QuantizeConfig:
     # Shift the float biases of layers with int8 weights so their mean output matches FP32
     # (onnx/bias.py); needs calibration data, changes only the Q/DQ model.
     bias_correction: bool = True
-    # ... kept per layer only where it lowers that layer's output error on held-out calibration
-    # samples (onnx/bias_safe.py); statistics "local" (each layer's own input quantized) or
-    # "empirical" (upstream layers quantized and corrected first: more ONNX Runtime passes).
-    bias_gate: bool = True
-    bias_stats: str = "local"
-    # Cross-layer equalization of Conv->Relu->Conv pairs before calibration (onnx/equalize.py).
-    equalize: bool = False
     # Fallback (analysis/fallback.py): leave the most sensitive layers unquantized until the
     # held-out fidelity reaches the target. SQNR: worst output part (detector: box and score).
     target_sqnr: float | None = None
@@ -123,21 +117,11 @@ class QuantizeConfig:
             )
         if self.holdout < 0:
             raise ValueError(f"holdout must be >= 0, got {self.holdout}")
-        if Path(self.output).resolve() == Path(self.model).resolve():
-            raise ValueError(
-                "the output path is the input model; choose another -o so the input stays as it is"
-            )
+        check_outputs(self.input_paths(), self.output_paths())
         if self.high_precision not in ("fp32", "fp16"):
             raise ValueError(f"high_precision must be fp32 or fp16, got {self.high_precision!r}")
         if self.sensitivity_samples < 1:
             raise ValueError(f"sensitivity_samples must be >= 1, got {self.sensitivity_samples}")
-        if self.bias_stats not in ("local", "empirical"):
-            raise ValueError(f"bias_stats must be local or empirical, got {self.bias_stats!r}")
-        if self.equalize and (self.write_cache or not self.write_qdq):
-            raise ValueError(
-                "equalization changes the FP32 weights, so a calibration cache would not fit the "
-                "original model: use the Q/DQ model (drop --cache), or drop --equalize"
-            )
         if self.fallback_target is not None and (self.data is None or self.holdout < 1):
             raise ValueError(
                 "a fidelity target needs calibration data (--calib) and held-out images "
@@ -174,6 +158,25 @@ class QuantizeConfig:
     def ranges_path(self) -> Path:
         return self.stem.with_name(self.stem.name + ".ranges.json")
 
+    def input_paths(self) -> dict[str, str | None]:
+        """What the run reads, labelled as the CLI names it (never written to)."""
+        source = self.data.source if self.data else None
+        if self.data and self.data.kind == "script":
+            from int8kit.data.script import parse_script
+
+            source = str(parse_script(source)[0])
+        return {"the model": self.model, "--ranges": self.ranges, "the data": source}
+
+    def output_paths(self) -> dict[str, Path | str | None]:
+        """What the run writes, labelled as the CLI names it; each must be its own path."""
+        cache = self.write_cache and self.write_qdq
+        return {
+            "-o": self.output,
+            "the ranges file": self.ranges_path,
+            "the cache": self.cache_path if cache else None,
+            "--report": self.report,
+        }
+
     def to_dict(self) -> dict:
         d = {
             "model": os.fspath(self.model),
@@ -187,9 +190,6 @@ class QuantizeConfig:
             "write_qdq": self.write_qdq,
             "write_cache": self.write_cache,
             "bias_correction": self.bias_correction,
-            "bias_gate": self.bias_gate,
-            "bias_stats": self.bias_stats,
-            "equalize": self.equalize,
             "target_sqnr": self.target_sqnr,
             "target_top1": self.target_top1,
             "sensitivity_samples": self.sensitivity_samples,
@@ -213,9 +213,6 @@ class QuantizeConfig:
             write_qdq=d.get("write_qdq", True),
             write_cache=d.get("write_cache", True),  # runs before the key existed wrote it
             bias_correction=d.get("bias_correction", False),  # ... and had no correction
-            bias_gate=d.get("bias_gate", False),  # ... nor a gate on it
-            bias_stats=d.get("bias_stats", "local"),
-            equalize=d.get("equalize", False),
             target_sqnr=d.get("target_sqnr"),
             target_top1=d.get("target_top1"),
             sensitivity_samples=d.get("sensitivity_samples", 8),
@@ -245,7 +242,6 @@ class QuantizeResult:
     fallback: dict = field(default_factory=dict)  # analysis.fallback.FallbackResult as a dict
     fp16: dict = field(default_factory=dict)  # onnx.fp16.FP16Summary as a dict
     bias_correction: dict = field(default_factory=dict)  # onnx.bias.BiasSummary as a dict
-    equalize: dict = field(default_factory=dict)  # onnx.equalize.EqualizeSummary as a dict
     method: str = ""  # the range method used (``auto`` resolved)
 
 
@@ -332,12 +328,6 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     model, specs = _load(config)
     calib_src, holdout_src = _data(config, specs)
     result = QuantizeResult(config, outputs={})
-    original = model  # fidelity is measured against the model as given
-    if config.equalize:
-        from int8kit.onnx.equalize import equalize
-
-        model, eq = equalize(model)
-        result.equalize = asdict(eq)
     placement = plan(model, config.placement) if config.write_qdq else None
     calib = config.calib.resolve(qdq=config.write_qdq)
     result.method = calib.method
@@ -347,6 +337,8 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         ranges = Ranges.read(config.ranges)
         if cache_wanted:
             _check_covers(ranges, model, config.ranges)
+        if placement is not None:
+            check_qdq_covered(ranges, placement, config.ranges)
     else:
         t1 = time.perf_counter()
         ranges = calibrate(
@@ -381,25 +373,10 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
             log.warning("bias correction skipped: it needs calibration data (--calib)")
             result.bias_correction = {"not_run": "no calibration data"}
         elif config.bias_correction and placement.weights:
+            from int8kit.onnx.bias import bias_correct
+
             t1 = time.perf_counter()
-            if config.bias_gate or config.bias_stats != "local":
-                from int8kit.onnx.bias_safe import safe_bias_correct
-
-                n = getattr(calib_src, "num_samples", None)
-                gate = {} if config.bias_gate else {"gate_samples": 0}
-                source, bias = safe_bias_correct(
-                    model,
-                    placement,
-                    calib_src,
-                    ranges.amax(),
-                    stats=config.bias_stats,
-                    num_samples=n,
-                    **gate,
-                )
-            else:
-                from int8kit.onnx.bias import bias_correct
-
-                source, bias = bias_correct(model, placement, calib_src, amax=ranges.amax())
+            source, bias = bias_correct(model, placement, calib_src, amax=ranges.amax())
             result.bias_correction = {**asdict(bias), "seconds": time.perf_counter() - t1}
         qdq_model, summary = insert_qdq(source, placement, ranges.amax())
         result.activations_quantized = summary.activations
@@ -420,7 +397,7 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     result.outputs["ranges"] = config.ranges_path
 
     if qdq_model is not None and holdout_src is not None and config.keep_io_types:
-        result.fidelity = fidelity(original, qdq_model, holdout_src, task=config.task)
+        result.fidelity = fidelity(model, qdq_model, holdout_src, task=config.task)
         result.holdout_images = holdout_src.stats.used
     if config.report:
         from int8kit.report.quantize import quantize_report
@@ -443,6 +420,20 @@ def _check_covers(ranges: Ranges, model, path) -> None:
             f"{path} has no range for {len(missing)} activation(s) the calibration cache needs "
             f"(e.g. {missing[0]!r}); it was written without the cache. Calibrate again with "
             "--cache (or `int8kit calibrate`) instead of reusing it"
+        )
+
+
+def check_qdq_covered(ranges: Ranges, placement, path) -> None:
+    """Every activation the Q/DQ model quantizes needs a range: one missing from a reused ranges
+    file would silently stay float."""
+    missing = [t for t in placement.activations if t not in ranges.tensors]
+    if missing:
+        shown = ", ".join(map(repr, missing[:5])) + (" ..." if len(missing) > 5 else "")
+        raise DataError(
+            f"{path} has no range for {len(missing)} of the {len(placement.activations)} "
+            f"activation(s) the Q/DQ model quantizes: {shown}. It was written for another model "
+            "or placement: calibrate again (--calib without --ranges), or --exclude the layers "
+            "that read them"
         )
 
 

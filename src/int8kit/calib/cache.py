@@ -8,6 +8,7 @@ last ``": "``.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -38,6 +39,38 @@ class CalibrationCache:
     scales: dict[str, float] = field(default_factory=dict)
     version: int = DEFAULT_VERSION
     algorithm: str = "EntropyCalibration2"
+    lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)  # as read
+
+    def bad_scales(self) -> dict[str, str]:
+        """{tensor: why} for every scale TensorRT refuses: NaN, infinite, zero or negative."""
+        bad = {}
+        for name, scale in self.scales.items():
+            if math.isnan(scale):
+                bad[name] = "NaN"
+            elif math.isinf(scale):
+                bad[name] = "infinite"
+            elif scale <= 0:
+                bad[name] = "zero" if scale == 0 else "negative"
+        return bad
+
+    def problems(self, source: str = "<cache>") -> list[str]:
+        """What TensorRT would refuse or ignore in this cache, one message per finding, each
+        naming the line: an algorithm trtexec does not read, and NaN/Inf/zero/negative scales."""
+        out = []
+        if self.algorithm not in ALGORITHMS:
+            out.append(
+                f"{source}:1: unknown algorithm {self.algorithm!r}: no TensorRT calibrator writes "
+                "it, and trtexec reads only EntropyCalibration2 caches"
+            )
+        for name, why in self.bad_scales().items():
+            line = f":{self.lines[name]}" if name in self.lines else ""
+            scale = self.scales[name]
+            out.append(
+                f"{source}{line}: tensor {name!r} has a {why} scale "
+                f"({scale_to_hex(scale)} = {scale!r}); TensorRT refuses scales that are not "
+                "positive and finite"
+            )
+        return out
 
     @property
     def header(self) -> str:
@@ -69,7 +102,7 @@ class CalibrationCache:
         m = _HEADER.match(lines[0].strip())
         if not m:
             raise CacheFormatError(
-                f"{source}:1: header {lines[0]!r} is not 'TRT-<version>-<algorithm>' "
+                f"{source}:1: header {lines[0][:80]!r} is not 'TRT-<version>-<algorithm>' "
                 "(e.g. TRT-8601-EntropyCalibration2)"
             )
         cache = cls(version=int(m.group(1)), algorithm=m.group(2))
@@ -89,10 +122,21 @@ class CalibrationCache:
             if name in cache.scales:
                 raise CacheFormatError(f"{source}:{lineno}: tensor {name!r} appears twice")
             cache.scales[name] = hex_to_scale(value)
+            cache.lines[name] = lineno
         return cache
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> CalibrationCache:
-        with open(path, encoding="utf-8", newline="") as f:
-            text = f.read()
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                text = f.read()
+        except FileNotFoundError as exc:
+            raise CacheFormatError(f"calibration cache {path} does not exist") from exc
+        except UnicodeDecodeError as exc:
+            raise CacheFormatError(
+                f"{path} is not a text file (a TensorRT engine or other binary?); a calibration "
+                "cache is text whose first line is 'TRT-<version>-<algorithm>'"
+            ) from exc
+        except OSError as exc:
+            raise CacheFormatError(f"cannot read calibration cache {path}: {exc.strerror}") from exc
         return cls.loads(text, source=os.fspath(path))

@@ -6,6 +6,7 @@ import argparse
 
 from int8kit.cli.dataargs import parse_shape
 from int8kit.errors import Int8kitError
+from int8kit.fileio import check_outputs
 
 
 def _batches(text: str) -> list[int]:
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise Int8kitError(str(exc)) from exc
+    check_outputs({f"model {m}": m for m in args.models}, {"--json": args.json})
     result = bench(config)
     print_bench(result)
     if args.json:

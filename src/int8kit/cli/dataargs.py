@@ -7,6 +7,34 @@ import argparse
 from int8kit.data import DataConfig, PreprocessConfig
 from int8kit.errors import DataError, Int8kitError
 
+# Config fields -> the flag a user typed, so that a config's ValueError names the flag.
+CONFIG_FLAGS = {
+    "num_samples": "--num-images",
+    "batch_size": "--batch-size",
+    "scale": "--scale",
+    "std values": "--std",
+    "mean": "--mean",
+    "size": "--size",
+    "shape for input": "--shape for input",
+    "holdout": "--holdout",
+    "percentile": "--percentile",
+    "sample_quantile": "--sample-quantile",
+    "num_bins": "--num-bins",
+    "cache_version": "--cache-version",
+    "sensitivity_samples": "--sensitivity-samples",
+}
+
+
+def flag_error(exc: ValueError, flags: dict[str, str] = CONFIG_FLAGS) -> Int8kitError:
+    """The Int8kitError for a config's ValueError, its field name replaced by the CLI flag
+    ("num_samples must be >= 1 or None, got 0" -> "--num-images must be >= 1, got 0")."""
+    text = str(exc)
+    for field, flag in flags.items():
+        if text.startswith(field + " "):
+            text = flag + text[len(field) :].replace(" or None", "")
+            break
+    return Int8kitError(text)
+
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
@@ -144,7 +172,7 @@ def required_data_config(args: argparse.Namespace, what: str, flag: str = "--dat
     try:
         data = data_config(args)
     except ValueError as exc:
-        raise Int8kitError(str(exc)) from exc
+        raise flag_error(exc) from exc
     if data is None:
         raise DataError(f"give {what} with {flag} DIR (or --data-loader-script)")
     return data

@@ -6,6 +6,7 @@ import argparse
 import math
 
 from int8kit.cli.dataargs import add_data_args, required_data_config
+from int8kit.fileio import check_outputs
 
 
 def register(sub) -> None:
@@ -86,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
     from int8kit.analysis.evaluate import evaluate
 
     data = required_data_config(args, "evaluation data")
+    check_outputs(
+        {"the FP32 model": args.fp32, "the INT8 model": args.int8, "the data": data.source},
+        {"--json": args.json, "--report": args.report},
+    )
     backends = tuple(dict.fromkeys(args.backend or ["trt-like", "ort-int8"]))
     result = evaluate(
         args.fp32, args.int8, data, task=args.task, layout=args.detect_layout, backends=backends

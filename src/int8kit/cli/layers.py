@@ -7,6 +7,7 @@ import argparse
 from int8kit.cli.dataargs import add_data_args, required_data_config
 from int8kit.cli.eval import fmt
 from int8kit.errors import Int8kitError
+from int8kit.fileio import check_outputs
 
 
 def register(sub) -> None:
@@ -60,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     from int8kit.analysis.layers import analyze_layers
 
     data = required_data_config(args, "data")
+    check_outputs(
+        {"the FP32 model": args.fp32, "the INT8 model": args.int8, "the data": data.source},
+        {"--json": args.json},
+    )
     if args.top < 1:
         raise Int8kitError(f"--top must be >= 1, got {args.top}")
     result = analyze_layers(args.fp32, args.int8, data, backend=args.backend)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from int8kit.fileio import check_outputs
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -33,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         for code, what in CHECKS.items():
             print(f"{code:<18} {what}")
         return 0
+    check_outputs({"the model": args.model}, {"--json": args.json})
     findings = lint(args.model)
     print_findings(findings)
     if args.json:

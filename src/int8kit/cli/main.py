@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
+import traceback
 
 from int8kit.errors import Int8kitError
 
@@ -38,7 +41,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI timeout, `kill`, a job scheduler), raised like Ctrl-C so that every
+    cleanup runs: outputs are complete or absent, temporaries removed."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -58,9 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head & co.
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("int8kit: interrupted; no output was left half-written", file=sys.stderr)
-        return 130
+    except OSError as exc:  # the environment (a full disk, a vanished file), not int8kit
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"int8kit: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"int8kit: {what}; no output was left half-written", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    except Exception:
+        traceback.print_exc()
+        print(
+            "int8kit: internal error: this is a bug in int8kit, not in your input. Please report "
+            "it with the command line and the traceback above.",
+            file=sys.stderr,
+        )
+        return 70
 
 
 if __name__ == "__main__":

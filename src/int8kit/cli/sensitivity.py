@@ -9,6 +9,7 @@ from int8kit.cli.dataargs import add_data_args, required_data_config
 from int8kit.cli.eval import fmt
 from int8kit.cli.quantize import add_calib_args
 from int8kit.errors import Int8kitError
+from int8kit.fileio import check_outputs
 from int8kit.onnx.placement import PlacementConfig
 
 
@@ -55,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 1 or args.top < 1:
         raise Int8kitError("--samples and --top must be >= 1")
     data = required_data_config(args, "data", "--calib")
+    check_outputs(
+        {"the model": args.model, "--ranges": args.ranges, "the data": data.source},
+        {"--json": args.json, "--plot": args.plot},
+    )
     try:
         calib = CalibConfig(
             method="entropy" if args.method == "search" else args.method,

@@ -7,10 +7,22 @@ import importlib
 import os
 import sys
 
+from int8kit.cli.dataargs import flag_error
 from int8kit.errors import Int8kitError, ModelError
+from int8kit.fileio import check_outputs
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+TORCH_FLAGS = {
+    "QuantConfig.percentile": "--percentile",
+    "QuantConfig.num_bins": "--num-bins",
+    "num_samples": "--num-samples",
+    "batch_size": "--batch-size",
+    "std values": "--std",
+    "mean": "--mean",
+}
 
 
 def register(subparsers) -> None:
@@ -66,10 +78,43 @@ def load_factory(spec: str):
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ModelError(f"cannot import {module_name!r} for the model factory: {exc}") from exc
+    except Exception as exc:  # the user's module failed while it was imported
+        raise ModelError(
+            f"importing {module_name!r} for the model factory raised "
+            f"{type(exc).__name__}: {exc}{_where(exc, module)}"
+        ) from exc
     factory = getattr(module, func_name, None)
     if not callable(factory):
         raise ModelError(f"{module_name} has no callable {func_name!r}")
     return factory
+
+
+def _where(exc: BaseException, module=None) -> str:
+    """' (at file.py, line N)': the innermost frame of the user's code in ``exc``'s traceback."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "int8kit" not in f.filename]
+    return f" (at {frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+
+
+def build_model(spec: str):
+    """Call the factory ``spec`` names; the result must be a torch.nn.Module."""
+    import torch
+
+    factory = load_factory(spec)
+    try:
+        model = factory()
+    except Exception as exc:
+        raise ModelError(
+            f"model factory {spec} raised {type(exc).__name__}: {exc}{_where(exc)}; fix the "
+            "factory so that it builds the model with no arguments"
+        ) from exc
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(
+            f"model factory {spec} returned {type(model).__name__}, not a torch.nn.Module; "
+            "return the model itself (e.g. `return MyNet()`)"
+        )
+    return model
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     torch = require("torch", "int8kit torch")
     from int8kit.data import DataConfig, InputSpec, PreprocessConfig, make_source
     from int8kit.torch import QuantConfig
+    from int8kit.torch.export import output_paths
     from int8kit.torch.workflow import load_weights, quantize_to_onnx
 
     shape = parse_shape(args.input_shape)
@@ -89,14 +135,22 @@ def run(args: argparse.Namespace) -> int:
             mean=tuple(float(v) for v in args.mean.split(",")),
             std=tuple(float(v) for v in args.std.split(",")),
         )
+        data = DataConfig(
+            source=args.calib,
+            num_samples=args.num_samples,
+            batch_size=args.batch_size,
+            preprocess=pre,
+        )
     except ValueError as exc:
-        raise Int8kitError(str(exc)) from exc
-    model = load_factory(args.factory)()
+        raise flag_error(exc, TORCH_FLAGS) from exc
+    outputs = output_paths(args.output)
+    check_outputs(
+        {"--weights": args.weights, "--calib": args.calib},
+        {"-o": outputs["onnx"], **{f"the {k} file": v for k, v in outputs.items() if k != "onnx"}},
+    )
+    model = build_model(args.factory)
     if args.weights:
         load_weights(model, args.weights)
-    data = DataConfig(
-        source=args.calib, num_samples=args.num_samples, batch_size=args.batch_size, preprocess=pre
-    )
     source = make_source(data, [InputSpec("input", (None, *shape[1:]))])
 
     def batches():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ from int8kit.data.images import IMAGE_EXTS, ImageSource, find_files, image_input
 from int8kit.data.script import ScriptSource
 from int8kit.data.source import DataSource
 from int8kit.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_kind(config: DataConfig) -> str:
@@ -65,7 +68,23 @@ def _array_chunks(config: DataConfig, inputs: list[InputSpec]) -> list[dict[str,
         raise DataError(
             f"the files in {path} feed different inputs ({names}); every file must feed the same"
         )
+    _note_uint8(chunks, inputs, config, path)
     return chunks
+
+
+def _note_uint8(chunks, inputs: list[InputSpec], config: DataConfig, path: Path) -> None:
+    """Say once that uint8 arrays reach a float input as raw 0-255 values: --scale, --mean and
+    --std apply to images only, and a model trained on 0-1 inputs would be calibrated wrongly."""
+    dtypes = {s.name: np.dtype(config.preprocess.dtype or s.dtype) for s in inputs}
+    for name in chunks[0]:
+        if dtypes[name].kind == "f" and any(c[name].dtype == np.uint8 for c in chunks):
+            log.warning(
+                "%s: input %r is uint8 data, fed as float values 0-255 unchanged (--scale, "
+                "--mean and --std apply to images only); if the model expects 0-1 or "
+                "normalised inputs, save the arrays as float32 preprocessed that way",
+                path,
+                name,
+            )
 
 
 def make_source(config: DataConfig, inputs: list[InputSpec]) -> DataSource:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from int8kit._deps import require
-from int8kit.fileio import atomic_path
+from int8kit.fileio import atomic_path, output_folder
 
 PHOTOS: tuple[str, ...] = (
     "astronaut",
@@ -98,8 +98,7 @@ def write_photo_crops(
     unknown = [p for p in names if p not in PHOTOS]
     if unknown or not names:
         raise ValueError(f"unknown photos {unknown}; choose from {', '.join(PHOTOS)}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir)
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(n):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -102,18 +103,55 @@ class ScriptSource(DataSource):
 
     def _call(self) -> Iterable[Batch]:
         try:
-            return self.fn()
+            batches = self.fn()
         except DataError:
             raise
         except Exception as exc:
-            raise DataError(f"loader script {self.config.source} raised {exc!r}") from exc
+            raise self._failed(exc, "when called") from exc
+        try:
+            iter(batches)
+        except TypeError:
+            raise DataError(
+                f"loader script {self.config.source}: {parse_script(self.config.source)[1]}() "
+                f"returned {type(batches).__name__}, which is not iterable; return (or yield) "
+                "{input_name: array} batches"
+            ) from None
+        return batches
+
+    def _failed(self, exc: Exception, when: str) -> DataError:
+        """The user's exception framed by a message naming the script (and its line)."""
+        path = parse_script(self.config.source)[0].resolve()
+        frames = [
+            f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == path
+        ]
+        where = f" at line {frames[-1].lineno}" if frames else ""
+        return DataError(
+            f"loader script {self.config.source} raised {type(exc).__name__}: {exc} "
+            f"({when}{where}); the error is in the script, not in int8kit"
+        )
+
+    def _iterate(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        """``batches``, with an exception the script raises mid-iteration framed as a DataError."""
+        it = iter(batches)
+        i = 0
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except DataError:
+                raise
+            except Exception as exc:
+                raise self._failed(exc, f"while producing batch {i}") from exc
+            yield batch
+            i += 1
 
     def _all(self) -> Iterator[Batch]:
         return self._validated(self._fixed if self._fixed is not None else self._call())
 
     def _validated(self, batches: Iterable[Batch]) -> Iterator[Batch]:
         cap, seen = self.config.num_samples, 0
-        for i, batch in enumerate(batches):
+        for i, batch in enumerate(self._iterate(batches)):
             if cap and seen >= cap:
                 return
             if not isinstance(batch, dict):

@@ -44,6 +44,7 @@ import numpy as np
 
 from int8kit._deps import require
 from int8kit.calib.collector import safe_amax
+from int8kit.onnx.model_io import names_read
 from int8kit.onnx.placement import Placement, _attrs
 from int8kit.onnx.qdq import dequantized_weight
 
@@ -431,7 +432,7 @@ def correct_biases(
                 ordered.append(new_nodes[n.name])
         del graph.node[:]
         graph.node.extend(ordered)
-    used = {name for n in graph.node for name in n.input}
+    used = names_read(graph)  # subgraphs (Loop/If bodies) read outer initializers too
     dropped = {i.name for i in graph.initializer if i.name not in used}
     keep = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]

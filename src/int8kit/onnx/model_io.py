@@ -12,6 +12,7 @@ import numpy as np
 
 from int8kit._deps import require
 from int8kit.errors import ModelError
+from int8kit.fileio import output_folder, writing
 
 _PROTOBUF_LIMIT = 2**31 - 1
 _ONNX_TO_NUMPY = {
@@ -63,33 +64,39 @@ def load_model(path: str | os.PathLike, load_weights: bool = True):
 
 def save_model(model, path: str | os.PathLike) -> None:
     """Write ``model`` to ``path`` atomically; weights go to ``<name>.data`` beside it when the
-    model is too large for one protobuf (2 GB)."""
+    model is too large for one protobuf (2 GB). The temporary folder is removed on any exception
+    (Ctrl-C and SIGTERM included)."""
     onnx = require("onnx", "ONNX models")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(path.parent)
     large = model.ByteSize() > _PROTOBUF_LIMIT
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    with writing(path):
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        tmp = tmpdir / path.name
-        if large:
-            data_name = path.name + ".data"
-            external = onnx.ModelProto()
-            external.CopyFrom(model)  # saving as external data rewrites the tensors in place
-            onnx.save_model(
-                external,
-                os.fspath(tmp),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=1024,
-            )
-            if (tmpdir / data_name).exists():
-                os.replace(tmpdir / data_name, path.parent / data_name)
-        else:
-            onnx.save_model(model, os.fspath(tmp))
-        os.replace(tmp, path)
+        with writing(path):
+            _save(onnx, model, path, tmpdir / path.name, large)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _save(onnx, model, path: Path, tmp: Path, large: bool) -> None:
+    if large:
+        data_name = path.name + ".data"
+        external = onnx.ModelProto()
+        external.CopyFrom(model)  # saving as external data rewrites the tensors in place
+        onnx.save_model(
+            external,
+            os.fspath(tmp),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=1024,
+        )
+        if (tmp.parent / data_name).exists():
+            os.replace(tmp.parent / data_name, path.parent / data_name)
+    else:
+        onnx.save_model(model, os.fspath(tmp))
+    os.replace(tmp, path)
 
 
 def model_bytes_or_path(model, workdir: Path) -> bytes | str:
@@ -121,3 +128,20 @@ def input_specs(model) -> list:
 def initializer_arrays(model) -> dict[str, np.ndarray]:
     onnx = require("onnx")
     return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def names_read(graph) -> set[str]:
+    """Every tensor name the nodes of ``graph`` read, those of its subgraphs (Loop, If and Scan
+    bodies) included: a body may read an outer-scope initializer by name, so pruning unused
+    initializers by the top-level nodes alone would drop its weights."""
+    names: set[str] = set()
+    todo = [graph]
+    while todo:
+        g = todo.pop()
+        for node in g.node:
+            names.update(node.input)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    todo.append(attr.g)
+                todo.extend(attr.graphs)
+    return names

@@ -15,6 +15,7 @@ import numpy as np
 from int8kit._deps import require
 from int8kit.calib.collector import safe_amax
 from int8kit.calib.methods import weight_amax
+from int8kit.onnx.model_io import names_read
 from int8kit.onnx.placement import Placement
 
 MIN_OPSET = 13  # per-axis DequantizeLinear
@@ -145,7 +146,7 @@ def insert_qdq(model, placement: Placement, amax: dict[str, float]):
     graph.node.extend(ordered)
 
     # Drop float weights that no node reads any more.
-    used = {name for n in graph.node for name in n.input}
+    used = names_read(graph)  # subgraphs (Loop/If bodies) read outer initializers too
     keep = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep + new_inits)

@@ -10,6 +10,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from int8kit.fileio import output_folder
 from int8kit.report.document import Document
 
 WORST = 4  # tensors whose histograms are drawn
@@ -215,8 +216,7 @@ def quantize_report(
     require("matplotlib", "plots")
     from int8kit.analysis.layers import compare_layers
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = output_folder(folder)
     cfg = result.config
     doc = Document(f"int8kit quantize report: {Path(cfg.model).name}")
     method = result.method or cfg.calib.method
@@ -272,8 +272,7 @@ def eval_report(folder: str | os.PathLike, result: dict, fp32, int8, make_data) 
     from int8kit.analysis.layers import compare_layers
     from int8kit.onnx.model_io import load_model
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = output_folder(folder)
     fp32_m = load_model(fp32) if not hasattr(fp32, "graph") else fp32
     int8_m = load_model(int8) if not hasattr(int8, "graph") else int8
     doc = Document(f"int8kit eval report: {Path(str(int8)).name}")
