@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from int8kit.analysis.detection import DetectionStats
-from int8kit.analysis.fidelity import BACKENDS, TASKS, compare_models
+from int8kit.analysis.fidelity import BACKENDS, TASKS, compare_models, open_sessions
 from int8kit.data import DataConfig
 from int8kit.errors import DataError
 
@@ -69,7 +69,7 @@ def evaluate(
             "compare an INT8 model with the FP32 model it was made from"
         )
     batches = make_source(data, input_specs(fp32)) if isinstance(data, DataConfig) else data
-    sessions = {b: make_session(int8, optimize=BACKENDS[b]) for b in backends}
+    sessions = open_sessions(int8, backends)  # a refused backend is reported as failed
     outputs = compare_models(make_session(fp32), sessions, batches, task=task, layout=layout)
     stats = getattr(batches, "stats", None)
     used = getattr(stats, "used", None)

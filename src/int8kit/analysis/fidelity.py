@@ -3,6 +3,9 @@
 "As TensorRT computes it" is the Q/DQ graph run unfused (ONNX Runtime with graph optimizations
 off: quantize, round, clamp, dequantize in float). ONNX Runtime's own fused integer kernels can
 differ (u8s8 saturation on CPUs without VNNI) and are reported beside it, labelled.
+
+A backend that refuses the INT8 model (ONNX Runtime's optimizer rejecting it, a run that raises)
+is a result, not a crash: its entry is ``{"failed": "why"}`` and the other backends are measured.
 """
 
 from __future__ import annotations
@@ -16,6 +19,31 @@ from int8kit.analysis.metrics import ClassifyStats, OutputStats
 
 TASKS = ("auto", "raw", "classify", "detect")
 BACKENDS = {"trt-like": False, "ort-int8": True}  # label -> run the INT8 model with ORT fusions
+FAILED = "failed"
+
+
+def failure(metrics: dict) -> str | None:
+    """Why a backend failed, when ``metrics`` (one backend's entry of a result) says it did."""
+    reason = metrics.get(FAILED) if len(metrics) == 1 else None
+    return reason if isinstance(reason, str) else None
+
+
+def _why(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:400]}"
+
+
+def open_sessions(model, backends) -> dict[str, object]:
+    """{backend label: ONNX Runtime session of ``model``, or why ORT refused it (a str)}."""
+    from int8kit.onnx.observe import make_session
+
+    sessions: dict[str, object] = {}
+    for b in backends:
+        try:
+            sessions[b] = make_session(model, optimize=BACKENDS[b])
+        except Exception as exc:  # ORT raises its own Fail/RuntimeException types
+            sessions[b] = f"ONNX Runtime refused the model: {_why(exc)}"
+    return sessions
 
 
 def guess_task(output: np.ndarray) -> str:
@@ -47,7 +75,9 @@ def compare_models(
     """{backend label: {output name: metrics}} over all batches.
 
     Every output gets SQNR/cosine/abs errors; a detector output also box/score SQNR and mAP@0.5
-    against the FP32 detections; a classifier output top-1/top-5 agreement.
+    against the FP32 detections; a classifier output top-1/top-5 agreement. A backend whose
+    session is a str (open_sessions: why it was refused) or whose run raises gets
+    ``{"failed": why}`` instead.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -56,11 +86,18 @@ def compare_models(
     raw = {b: {n: OutputStats() for n in names} for b in int8_sessions}
     extra: dict[str, dict[str, object]] = {b: {} for b in int8_sessions}
     tasks: dict[str, str] = {}
+    failed = {b: s for b, s in int8_sessions.items() if isinstance(s, str)}
     for batch in batches:
         feed = {k: v for k, v in batch.items() if k in inputs}
         ref = dict(zip(names, fp32_session.run(names, feed), strict=True))
         for backend, session in int8_sessions.items():
-            test = dict(zip(names, session.run(names, feed), strict=True))
+            if backend in failed:
+                continue
+            try:
+                test = dict(zip(names, session.run(names, feed), strict=True))
+            except Exception as exc:  # a kernel ORT cannot run: that backend fails, not the run
+                failed[backend] = f"ONNX Runtime could not run the model: {_why(exc)}"
+                continue
             for n in names:
                 raw[backend][n].update(ref[n], test[n])
                 t = tasks.setdefault(n, guess_task(ref[n]) if task == "auto" else task)
@@ -73,6 +110,9 @@ def compare_models(
                 stats.update(ref[n], test[n])
     out: dict[str, dict[str, dict]] = {}
     for backend in int8_sessions:
+        if backend in failed:
+            out[backend] = {FAILED: failed[backend]}
+            continue
         out[backend] = {}
         for n in names:
             r = raw[backend][n].result()

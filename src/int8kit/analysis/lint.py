@@ -14,7 +14,7 @@ import numpy as np
 
 from int8kit._deps import require
 from int8kit.onnx import rules as R
-from int8kit.onnx.placement import GraphIndex, residual_identity_input
+from int8kit.onnx.placement import GraphIndex, mask_path, residual_identity_input
 
 SEVERITIES = ("error", "warning", "info")
 
@@ -32,6 +32,8 @@ CHECKS: dict[str, str] = {
     "CONCAT_SCALE_RATIO: TensorRT must requantize before it can join them",
     "concat-range": "a Concat under one Q/DQ joining tensors of very different ranges (a "
     "detector's boxes 0..640 and scores 0..1): the small one loses all precision",
+    "qdq-on-mask": "a Q/DQ on the additive attention mask (a -1e4 or -3.4e38 constant added to "
+    "the scores): one scale over that range rounds every attention score to zero",
     "bad-scale": "a scale that is zero, negative or not finite",
     "bad-zero-point": "a non-zero or unsigned zero point: TensorRT supports symmetric int8 only",
 }
@@ -298,6 +300,35 @@ def _concats(g: _Graph) -> list[Finding]:
     return out
 
 
+def _masks(g: _Graph) -> list[Finding]:
+    out = []
+    for node in g.index.nodes:
+        if node.op_type == "QuantizeLinear":
+            tensor = node.input[0]
+        elif node.op_type == "DequantizeLinear" and g.index.is_constant(node.input[0]):
+            tensor = node.output[0]  # a mask constant stored as int8
+        else:
+            continue
+        if not mask_path(g.index, tensor):
+            continue
+        amax = g.amax(node)
+        out.append(
+            Finding(
+                "error",
+                "qdq-on-mask",
+                [_name(node)],
+                f"{node.op_type} on the attention mask '{tensor}'"
+                + (f" (range ±{amax:.3g})" if amax else "")
+                + ": its scale covers the huge mask constant, so the scores it is added to "
+                "round to zero",
+                "leave the attention mask float (int8kit quantize never puts a Q/DQ there); "
+                "with another tool, exclude the mask's Add/Mul nodes from quantization",
+                [tensor],
+            )
+        )
+    return out
+
+
 def _parameters(g: _Graph) -> list[Finding]:
     out = []
     for node in g.index.nodes:
@@ -345,7 +376,8 @@ def lint(model) -> list[Finding]:
 
         model = load_model(model)
     g = _Graph(model)
-    findings = _compute_ops(g) + _outputs(g) + _residuals(g) + _concats(g) + _parameters(g)
+    findings = _compute_ops(g) + _outputs(g) + _residuals(g) + _concats(g) + _masks(g)
+    findings += _parameters(g)
     return sorted(findings, key=lambda f: _ORDER[f.severity])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from int8kit.analysis.fidelity import failure
 from int8kit.cli.dataargs import add_data_args, required_data_config
 from int8kit.fileio import check_outputs
 
@@ -55,6 +56,9 @@ def print_eval(result: dict, out=None) -> None:
         p(f"  skipped {len(skipped)} unreadable files, e.g. {skipped[0][0]}: {skipped[0][1]}")
     for backend, outputs in result["outputs"].items():
         p(f"{backend} ({result['backends'][backend]}):")
+        if failure(outputs):
+            p(f"  FAILED: {failure(outputs)}")
+            continue
         for name, m in outputs.items():
             p(
                 f"  {name} [{m.get('task', 'raw')}]: SQNR {fmt(m['sqnr_db'], 2)} dB, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from int8kit.analysis.fidelity import failure
 from int8kit.calib.cache import ALGORITHMS, DEFAULT_VERSION
 from int8kit.cli.dataargs import CONFIG_FLAGS, add_data_args, data_config, flag_error
 from int8kit.cli.eval import fmt
@@ -281,6 +282,9 @@ def print_summary(result, out=None) -> None:
     if result.fidelity:
         p(f"  fidelity on {result.holdout_images} held-out samples (INT8 vs FP32):")
         for backend, outputs in result.fidelity.items():
+            if failure(outputs):
+                p(f"    {backend:9s} FAILED: {failure(outputs)}")
+                continue
             label = (
                 "as TensorRT computes (Q/DQ unfused)"
                 if backend == "trt-like"

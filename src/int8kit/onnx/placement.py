@@ -6,6 +6,8 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from int8kit.errors import ModelError
 from int8kit.onnx import rules as R
 
@@ -88,10 +90,28 @@ class GraphIndex:
             o for n in self.nodes if n.op_type == "Constant" for o in n.output
         }
         self.outputs = {o.name for o in graph.output}
+        self.inputs = {i.name for i in graph.input}
         self.position = {n.name or id(n): k for k, n in enumerate(self.nodes)}
+        self._values: dict[str, np.ndarray | None] = {}
 
     def is_constant(self, name: str) -> bool:
         return name in self.constants
+
+    def value(self, name: str) -> np.ndarray | None:
+        """The value of a constant tensor (initializer or Constant node), else None."""
+        if name not in self._values:
+            from onnx import helper, numpy_helper
+
+            v = None
+            if name in self.initializers:
+                v = numpy_helper.to_array(self.initializers[name])
+            elif name in self.constants:
+                a = next((a for a in self.producer[name].attribute), None)
+                v = helper.get_attribute_value(a) if a and a.name.startswith("value") else None
+                v = numpy_helper.to_array(v) if hasattr(v, "data_type") else v
+                v = None if v is None else np.asarray(v)
+            self._values[name] = v
+        return self._values[name]
 
 
 def _attrs(node) -> dict:
@@ -126,13 +146,71 @@ def _conv_chain(index: GraphIndex, tensor: str, depth: int = 4) -> bool:
     return False
 
 
+def _huge(v) -> bool:
+    """A float constant with some |value| >= rules.MASK_MIN_MAGNITUDE (-inf and -3.4e38 too)."""
+    if v is None or not hasattr(v, "dtype") or v.dtype.kind != "f" or v.size == 0:
+        return False
+    with np.errstate(invalid="ignore"):
+        return bool(np.nanmax(np.abs(v.astype(np.float64))) >= R.MASK_MIN_MAGNITUDE)
+
+
+def mask_path(index: GraphIndex, tensor: str, limit: int = 64) -> bool:
+    """True when ``tensor`` is an additive attention mask: computed from graph inputs and
+    constants through rules.MASK_OPS only (Cast, Sub, Mul, Unsqueeze, Where, ...), with some
+    float constant of huge magnitude among them (-3.4e38, -1e4, ``(1 - mask) * -10000``)."""
+    todo, seen, huge = [tensor], set(), False
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if len(seen) > limit:
+            return False
+        if index.is_constant(t):
+            huge = huge or _huge(index.value(t))
+            continue
+        if t in index.inputs:
+            continue
+        node = index.producer.get(t)
+        if node is None or node.op_type not in R.MASK_OPS:
+            return False
+        if node.op_type == "ConstantOfShape":
+            huge = huge or any(_huge(_constant_of_shape(a)) for a in node.attribute)
+        if node.op_type == "DequantizeLinear" and all(index.is_constant(i) for i in node.input):
+            q, s = index.value(node.input[0]), index.value(node.input[1])
+            huge = huge or _huge(np.asarray(q, np.float64) * np.max(np.abs(s)))
+        keep = R.MASK_OPS[node.op_type]
+        todo += [i for k, i in enumerate(node.input) if i and (keep is None or k in keep)]
+    return huge
+
+
+def _constant_of_shape(attr):
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(attr.t) if attr.name == "value" else None
+
+
+def not_a_residual(index: GraphIndex, node) -> str | None:
+    """Why an Add of two activations in a transformer is no conv residual (its inputs get no
+    Q/DQ), or None: it adds the attention mask, it adds to the scores of a Softmax, or it is the
+    residual Add in front of a LayerNorm (also a decomposed one: x - ReduceMean(x))."""
+    if any(mask_path(index, t) for t in node.input):
+        return "adds the attention mask"
+    consumers = {n.op_type for n, _ in index.consumers.get(node.output[0], [])}
+    if "Softmax" in consumers:
+        return "adds to the attention scores"
+    if "LayerNormalization" in consumers or {"ReduceMean", "Sub"} <= consumers:
+        return "residual Add in front of a LayerNorm"
+    return None
+
+
 def residual_identity_input(index: GraphIndex, node) -> int | None:
     """For an Add of two activations where one is a conv chain's output, the other input's index.
     When both are conv chains, input 1 is taken as the identity (``out + identity``)."""
     if node.op_type != "Add" or len(node.input) != 2:
         return None
     a, b = node.input
-    if index.is_constant(a) or index.is_constant(b):
+    if index.is_constant(a) or index.is_constant(b) or not_a_residual(index, node):
         return None
     ca, cb = _conv_chain(index, a), _conv_chain(index, b)
     if ca and cb:
@@ -144,10 +222,19 @@ def residual_identity_input(index: GraphIndex, node) -> int | None:
     return None
 
 
+_FLOAT_TYPES = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
 def input_layers(index: GraphIndex) -> list[str]:
     """Names of the Conv/Gemm/MatMul nodes that read the network input, directly or through
-    ops without weights (a Transpose, a Div by 255, a Pad): the first layers of every path."""
-    graph_inputs = [i.name for i in index.graph.input if i.name not in index.initializers]
+    ops without weights (a Transpose, a Div by 255, a Pad): the first layers of every path.
+    Only float inputs count (token ids and attention masks are no grid of signal levels), and the
+    walk stops at rules.TRANSFORMER_FLOAT ops (an embedding Gather, a LayerNorm, a Softmax)."""
+    graph_inputs = [
+        i.name
+        for i in index.graph.input
+        if i.name not in index.initializers and i.type.tensor_type.elem_type in _FLOAT_TYPES
+    ]
     found: list[str] = []
     seen = set(graph_inputs)
     todo = list(graph_inputs)
@@ -157,6 +244,8 @@ def input_layers(index: GraphIndex) -> list[str]:
             if node.op_type in R.COMPUTE_OPS:
                 if node.name not in found:
                     found.append(node.name)
+                continue
+            if node.op_type in R.TRANSFORMER_FLOAT:
                 continue
             for o in node.output:
                 if o and o not in seen:
@@ -181,8 +270,8 @@ def plan(model, config: PlacementConfig | None = None) -> Placement:
             placement.kept_float[name] = "reads the network input (quantize_input_layers=False)"
 
     def add_activation(tensor: str, node, i: int, why: str) -> None:
-        if index.is_constant(tensor) or not tensor:
-            return
+        if index.is_constant(tensor) or not tensor or mask_path(index, tensor):
+            return  # the attention mask never gets a scale, whatever --op-types asks
         placement.activations.setdefault(tensor, []).append((node.name, i))
         placement.reasons.setdefault(tensor, why)
 

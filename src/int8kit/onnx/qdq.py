@@ -8,6 +8,7 @@ Biases stay float. The input model object is copied, never modified.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,16 @@ from int8kit.onnx.model_io import names_read
 from int8kit.onnx.placement import Placement
 
 MIN_OPSET = 13  # per-axis DequantizeLinear
+
+# Names ONNX Runtime's optimizer gives the initializers it adds (MatMulAddFusion's Reshape shapes,
+# Squeeze axes, ...), made unique among node names only (Graph::GenerateNodeName). A model saved
+# after ORT optimized it carries them; once Q/DQ opens a fusion ORT skipped before (the Q/K/V
+# projections behind a LayerNorm), ORT generates the same name again and refuses the model:
+# "AddInitializedOrtValue Attempt to replace the existing tensor". The writer renames them.
+ORT_GENERATED = re.compile(
+    r"^(gemm_input_shape|gemm_output_shape|SqueezeAxesInitializer|ConstAsInitializer|"
+    r"squeeze_axes|fused_Split)(_token_\d+)?$"
+)
 
 
 @dataclass
@@ -72,6 +83,7 @@ def insert_qdq(model, placement: Placement, amax: dict[str, float]):
     summary = QDQSummary(skipped_without_range=[])
     inits = {i.name: i for i in graph.initializer}
     new_inits: list = []
+    fresh = _Names(graph)  # new names never collide with the model's own
     qdq_after: dict[str, list] = {}  # producer tensor -> Q/DQ nodes to place after it
     rewire: dict[tuple[str, int], str] = {}
 
@@ -80,8 +92,8 @@ def insert_qdq(model, placement: Placement, amax: dict[str, float]):
             summary.skipped_without_range.append(tensor)
             continue
         scale = np.float32(safe_amax(amax[tensor]) / 127.0)
-        s_name, z_name = f"{tensor}_scale", f"{tensor}_zero_point"
-        q_name, dq_name = f"{tensor}_quantized", f"{tensor}_dequantized"
+        s_name, z_name = fresh(f"{tensor}_scale"), fresh(f"{tensor}_zero_point")
+        q_name, dq_name = fresh(f"{tensor}_quantized"), fresh(f"{tensor}_dequantized")
         new_inits.append(numpy_helper.from_array(np.array(scale, np.float32), s_name))
         new_inits.append(numpy_helper.from_array(np.array(0, np.int8), z_name))
         qdq_after[tensor] = [
@@ -89,13 +101,13 @@ def insert_qdq(model, placement: Placement, amax: dict[str, float]):
                 "QuantizeLinear",
                 [tensor, s_name, z_name],
                 [q_name],
-                name=f"{tensor}_QuantizeLinear",
+                name=fresh(f"{tensor}_QuantizeLinear"),
             ),
             helper.make_node(
                 "DequantizeLinear",
                 [q_name, s_name, z_name],
                 [dq_name],
-                name=f"{tensor}_DequantizeLinear",
+                name=fresh(f"{tensor}_DequantizeLinear"),
             ),
         ]
         for edge in edges:
@@ -111,21 +123,22 @@ def insert_qdq(model, placement: Placement, amax: dict[str, float]):
             axis = wq.axis % w.ndim
             q, scales = quantize_weight(w, axis)
             base = f"{wq.initializer}_axis{axis}" if wq.axis != 0 else wq.initializer
+            names = [fresh(f"{base}_{s}") for s in ("quantized", "scale", "zero_point")]
             new_inits += [
-                numpy_helper.from_array(q, f"{base}_quantized"),
-                numpy_helper.from_array(scales, f"{base}_scale"),
-                numpy_helper.from_array(np.zeros(scales.shape, np.int8), f"{base}_zero_point"),
+                numpy_helper.from_array(q, names[0]),
+                numpy_helper.from_array(scales, names[1]),
+                numpy_helper.from_array(np.zeros(scales.shape, np.int8), names[2]),
             ]
+            done[key] = fresh(f"{base}_dequantized")
             weight_nodes.append(
                 helper.make_node(
                     "DequantizeLinear",
-                    [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
-                    [f"{base}_dequantized"],
-                    name=f"{base}_DequantizeLinear",
+                    names,
+                    [done[key]],
+                    name=fresh(f"{base}_DequantizeLinear"),
                     axis=axis,
                 )
             )
-            done[key] = f"{base}_dequantized"
             summary.weights += 1
         rewire[edge] = done[key]
 
@@ -154,4 +167,40 @@ def insert_qdq(model, placement: Placement, amax: dict[str, float]):
     stale_inputs = [vi for vi in graph.input if vi.name in dropped]
     for vi in stale_inputs:  # old exporters list initializers as graph inputs too
         graph.input.remove(vi)
+    _rename_ort_generated(graph, fresh)
     return out, summary
+
+
+class _Names:
+    """``fresh(name)``: ``name``, or ``name_1``, ``name_2``... when the graph already uses it."""
+
+    def __init__(self, graph):
+        self.taken = {i.name for i in graph.initializer}
+        self.taken |= {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
+        for n in graph.node:
+            self.taken |= {n.name, *n.input, *n.output}
+
+    def __call__(self, name: str) -> str:
+        new, k = name, 0
+        while new in self.taken:
+            k += 1
+            new = f"{name}_{k}"
+        self.taken.add(new)
+        return new
+
+
+def _rename_ort_generated(graph, fresh: _Names) -> None:
+    """Give initializers named as ONNX Runtime names its own (ORT_GENERATED) another name."""
+    inputs = {i.name for i in graph.input}
+    renamed = {}
+    for init in graph.initializer:
+        if ORT_GENERATED.match(init.name) and init.name not in inputs:
+            new = fresh(f"int8kit_{init.name}")
+            renamed[init.name] = new
+            init.name = new
+    if not renamed:
+        return
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in renamed:
+                node.input[k] = renamed[name]

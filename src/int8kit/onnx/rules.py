@@ -104,6 +104,51 @@ CONV_EPILOGUE: tuple[str, ...] = (
 )
 COMPUTE_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
+# Transformers (DESIGN.md, "Where Q/DQ goes"). The MatMuls of attention (Q·K^T, softmax·V: both
+# activations) and the projections (MatMul/Gemm: activation + per-channel weight) are quantized
+# by the rules above; these stay float by default (none is in RULES): Softmax, LayerNormalization
+# and its decomposition, GELU/Erf, embedding Gathers.
+TRANSFORMER_FLOAT: tuple[str, ...] = ("Softmax", "LayerNormalization", "Erf", "Gelu", "Gather")
+# A decomposed LayerNorm: ReduceMean -> Sub -> Pow -> ReduceMean -> Add(eps) -> Sqrt -> Div ->
+# Mul(gamma) -> Add(beta). An Add whose output feeds a ReduceMean and a Sub (x - mean(x)) is the
+# residual Add in front of a LayerNorm, never a conv residual.
+LAYERNORM_OPS: tuple[str, ...] = ("ReduceMean", "Sub", "Pow", "Sqrt", "Div", "Mul", "Add")
+
+# The additive attention mask: a huge negative constant (-3.4e38, -1e4, (1 - mask) * -10000)
+# added to the attention scores. One scale over that range turns every score into zero, so the
+# mask path never gets a Q/DQ, and lint reports one there as an error. A tensor is on the mask
+# path when it is computed from graph inputs and constants through MASK_OPS only (each op: the
+# input indices that carry values; None: all), with some float constant of |value| >= this.
+MASK_MIN_MAGNITUDE = 1e4
+MASK_OPS: dict[str, tuple[int, ...] | None] = {
+    "Cast": (0,),
+    "Sub": None,
+    "Mul": None,
+    "Add": None,
+    "Div": None,
+    "Neg": (0,),
+    "Min": None,
+    "Max": None,
+    "Where": None,
+    "Not": None,
+    "And": None,
+    "Or": None,
+    "Equal": None,
+    "Less": None,
+    "Greater": None,
+    "Unsqueeze": (0,),
+    "Squeeze": (0,),
+    "Reshape": (0,),
+    "Expand": (0,),
+    "Slice": (0,),
+    "Transpose": (0,),
+    "Tile": (0,),
+    "Identity": (0,),
+    "ConstantOfShape": (),  # its value attribute is the constant
+    "QuantizeLinear": (0,),  # a Q/DQ another tool put on the path (lint)
+    "DequantizeLinear": (0, 1),
+}
+
 DEFAULT_OP_TYPES: tuple[str, ...] = tuple(r.op_type for r in RULES)
 
 
@@ -133,6 +178,11 @@ def describe() -> str:
     for r in RULES:
         lines.append(f"  {r.op_type:<18} {r.why}")
     lines.append("  never: graph outputs; biases stay float; " + ", ".join(NEVER))
+    lines.append(
+        "  transformers: float " + ", ".join(TRANSFORMER_FLOAT) + ", decomposed LayerNorm; "
+        f"never the attention mask (a constant of |value| >= {MASK_MIN_MAGNITUDE:g} added to "
+        "the scores)"
+    )
     lines.append("  on request (--op-types): " + ", ".join(OPTIONAL_OP_TYPES))
     lines.append(
         "  `quantize` keeps the layers that read the network input float "

@@ -10,6 +10,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from int8kit.analysis.fidelity import failure
 from int8kit.fileio import output_folder
 from int8kit.report.document import Document
 
@@ -29,6 +30,9 @@ def fidelity_section(doc: Document, fidelity: dict, samples) -> None:
     )
     rows = []
     for backend, outputs in fidelity.items():
+        if failure(outputs):
+            rows.append([backend, f"FAILED: {failure(outputs)}"] + [None] * 7)
+            continue
         for name, m in outputs.items():
             rows.append(
                 [
