@@ -17,14 +17,15 @@ from int8kit.errors import OutputError
 PathLike = str | os.PathLike
 
 
-def write_error(target: PathLike, exc: OSError) -> OutputError:
-    """An OutputError for ``exc`` raised while writing ``target``: the path, and what to do."""
+def write_error(target: PathLike, exc: OSError, folder: bool = False) -> OutputError:
+    """An OutputError for ``exc`` raised while writing ``target`` (a file, or with ``folder`` a
+    folder to create): the path, and what to do."""
     target = Path(target)
-    ancestors = [target.parent, *target.parent.parents]
+    ancestors = [target, *target.parents] if folder else [target.parent, *target.parent.parents]
     existing = next((p for p in ancestors if p.exists()), None)
     if existing is not None and not existing.is_dir():
         hint = f"{existing} is a file, not a folder: choose an output path inside a folder"
-    elif target.is_dir():
+    elif target.is_dir() and not folder:
         hint = f"{target} is a folder: give a file name"
     elif exc.errno == errno.ENOSPC:
         hint = "the disk is full: free some space or write elsewhere"
@@ -39,20 +40,20 @@ def write_error(target: PathLike, exc: OSError) -> OutputError:
 
 
 @contextlib.contextmanager
-def writing(target: PathLike) -> Iterator[None]:
+def writing(target: PathLike, folder: bool = False) -> Iterator[None]:
     """Turn an OSError raised while writing ``target`` into an OutputError naming it."""
     try:
         yield
     except OutputError:
         raise
     except OSError as exc:
-        raise write_error(target, exc) from exc
+        raise write_error(target, exc, folder) from exc
 
 
 def output_folder(folder: PathLike) -> Path:
     """Create ``folder`` (and its parents) for outputs; a clear error when that is impossible."""
     folder = Path(folder)
-    with writing(folder / "_"):
+    with writing(folder, folder=True):
         folder.mkdir(parents=True, exist_ok=True)
     return folder
 

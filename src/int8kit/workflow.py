@@ -228,6 +228,7 @@ class QuantizeResult:
     outputs: dict[str, Path]
     images_used: int = 0
     images_skipped: int = 0
+    images_dropped: int = 0  # short final batch a fixed batch size cannot take
     skipped_files: list = field(default_factory=list)
     seconds: float = 0.0
     calibration_seconds: float = 0.0
@@ -354,6 +355,7 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         result.calibration_seconds = time.perf_counter() - t1
         result.images_used = calib_src.stats.used
         result.images_skipped = calib_src.stats.skipped
+        result.images_dropped = calib_src.stats.dropped
         result.skipped_files = list(calib_src.stats.skipped_files)
     ranges.config = config.to_dict()
     result.tensors_calibrated = len(ranges.tensors)

@@ -226,7 +226,10 @@ def load_data():
         (RAISES_LATER, "RuntimeError: camera disconnected (while producing batch 1 at line 5)"),
         ("def load_data():\n    return None\n", "returned NoneType, which is not iterable"),
         ("def load_data():\n    return 42\n", "returned int, which is not iterable"),
-        ("def load_data():\n    raise KeyError('cfg')\n", "KeyError: 'cfg' (when called at line 2)"),
+        (
+            "def load_data():\n    raise KeyError('cfg')\n",
+            "KeyError: 'cfg' (when called at line 2)",
+        ),
     ],
 )
 def test_loader_script_errors_are_framed(chain, tmp_path, capsys, body, expected):
@@ -330,11 +333,40 @@ def test_every_declared_dependency_is_imported():
     root = pathlib.Path(__file__).parents[2]
     deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
     imports = {"opencv-python-headless": "cv2", "onnx-graphsurgeon": "onnx_graphsurgeon"}
-    source = "\n".join(
-        p.read_text() for p in (root / "src").rglob("*.py") if p.name != "_deps.py"
-    )
+    source = "\n".join(p.read_text() for p in (root / "src").rglob("*.py") if p.name != "_deps.py")
     for dep in deps:
         name = dep.split(">")[0].split("=")[0].split("<")[0].strip()
         module = imports.get(name, name.replace("-", "_"))
         used = (f"import {module}", f"from {module}", f'require("{module}"')
         assert any(u in source for u in used), f"{name} is declared but never imported"
+
+
+def test_sensitivity_ranks_what_quantize_would_quantize(chain, tmp_path, capsys):
+    model, data = chain
+    out = tmp_path / "s.json"
+    argv = ["sensitivity", model, "--calib", data, "--samples", "2", "--mode", "only"]
+    assert main([*argv, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    ranked = [r["node"] for r in result["rows"]]
+    assert "conv1" not in ranked and {"conv2", "fc"} <= set(ranked)
+    assert "conv1" in result["left_out"] and "reads the network input" in printed
+    assert "not ranked: 1 layer(s)" in printed
+    assert main([*argv, "--json", str(out), "--quantize-input-layers"]) == 0
+    assert "conv1" in [r["node"] for r in json.loads(out.read_text())["rows"]]
+
+
+def test_unknown_input_name_is_refused_for_every_source(chain, tmp_path, capsys):
+    model, data = chain
+    assert _quantize(model, data, tmp_path / "q.onnx", "--input-name", "images") == 1
+    assert "--input-name 'images' is not a model input; the inputs are x" in capsys.readouterr().err
+
+
+def test_dropped_samples_are_counted(tmp_path, capsys):
+    model = models.save(models.conv_bn_relu_chain(batch=2), tmp_path / "b2.onnx")
+    data = models.save_npz(tmp_path / "x.npz", n=9, x=(2, 3, 8, 8))  # 7 after the holdout
+    out = tmp_path / "b2.int8.onnx"
+    argv = ["quantize", model, "--calib", data, "-o", str(out), "--batch-size", "2"]
+    assert main([*argv, "--holdout", "2", "--json", str(tmp_path / "s.json")]) == 0
+    assert "6 samples used, 0 skipped, 1 dropped (a short final batch" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s.json").read_text())["images_dropped"] == 1

@@ -85,10 +85,43 @@ def test_implicit_on_11_is_a_clear_error(tmp_path, capsys):
     assert "removed implicit INT8" in err and "int8kit quantize" in err
 
 
-def test_dynamic_model_without_shapes_says_what_to_pass(tmp_path, capsys):
+def test_dynamic_batch_without_shapes_builds_batch_one_with_a_notice(tmp_path, capsys):
     model = tmp_path / "m.onnx"
     onnx.save(conv_model(batch="batch"), model)
+    rc = cli_main.main(["build", str(model), "-o", "e.engine"])
+    out, err = capsys.readouterr()
+    assert rc == 1  # no TensorRT here: the commands to run elsewhere
+    assert "dynamic batch (?x3x8x8) and no --shapes: building for batch 1 (1x3x8x8)" in err
+    assert "--shapes images:MIN/OPT/MAX, e.g. images:1x3x8x8/4x3x8x8/8x3x8x8" in err
+    trtexec = next(c for c in _commands(out) if c[0] == "trtexec")
+    assert "--minShapes=images:1x3x8x8" in trtexec and "--maxShapes=images:1x3x8x8" in trtexec
+
+
+def test_other_dynamic_dims_without_shapes_say_what_to_pass(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    m = conv_model(batch="batch")
+    m.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
+    onnx.save(m, model)
     rc = cli_main.main(["build", str(model), "-o", "e.engine", "--cache", "c.cache", "--int8"])
     _, err = capsys.readouterr()
     assert rc == 1
-    assert "--shapes images:" in err
+    assert "has dynamic dimensions" in err and "--shapes images:" in err
+
+
+def test_build_output_may_not_be_the_model(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    onnx.save(conv_model(batch=1), model)
+    before = model.read_bytes()
+    assert cli_main.main(["build", str(model), "-o", str(model)]) == 1
+    assert "-o" in capsys.readouterr().err and model.read_bytes() == before
+
+
+def test_existing_cache_with_unusable_scales_is_flagged(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    onnx.save(conv_model(batch=1), model)
+    cache = tmp_path / "m.cache"
+    cache.write_text("TRT-8601-FooCalibration\nimages: 7fc00000\nconv: 3c000000\n")
+    cli_main.main(["build", str(model), "-o", "e.engine", "--int8", "--cache", str(cache)])
+    err = capsys.readouterr().err
+    assert "unknown algorithm 'FooCalibration'" in err
+    assert "m.cache:2: tensor 'images' has a NaN scale" in err

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from int8kit.cli.dataargs import parse_shape
-from int8kit.errors import Int8kitError
+from int8kit.cli.dataargs import flag_error, parse_shape
 from int8kit.fileio import check_outputs
 
 
@@ -80,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             shapes=dict(args.shape),
         )
     except ValueError as exc:
-        raise Int8kitError(str(exc)) from exc
+        raise flag_error(exc, {"runs": "--runs", "batch sizes": "--batch"}) from exc
     check_outputs({f"model {m}": m for m in args.models}, {"--json": args.json})
     result = bench(config)
     print_bench(result)

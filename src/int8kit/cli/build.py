@@ -7,12 +7,14 @@ TensorRT version given by --trt-version, so the outputs can be built on the user
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from int8kit._deps import available
+from int8kit.fileio import check_outputs
 from int8kit.trt.build import BuildConfig, build_engine, equivalent_commands, load_model, plan_build
 from int8kit.trt.commands import shell
-from int8kit.trt.profiles import model_inputs
+from int8kit.trt.profiles import format_shape, model_inputs
 from int8kit.trt.version import DEFAULT_VERSION, installed_version, parse_version
 
 
@@ -122,8 +124,51 @@ def _calibration_source(args: argparse.Namespace, model, profiles):
     return make_source(config, inputs)
 
 
+def _default_batch_one(args: argparse.Namespace, model) -> None:
+    """Without --shapes, an input whose only dynamic dimension is the batch is built for batch 1,
+    as trtexec does, and a notice says so (other dynamic dimensions still need --shapes)."""
+    if args.shapes:
+        return
+    fixed = []
+    for inp in model_inputs(model):
+        if inp.is_dynamic and all(d is not None for d in inp.dims[1:]):
+            fixed.append((inp, (1, *inp.dims[1:])))
+    for inp, shape in fixed:
+        print(
+            f"int8kit: note: input {inp.name!r} has a dynamic batch ({inp.describe()}) and no "
+            f"--shapes: building for batch 1 ({format_shape(shape)}), as trtexec does. For "
+            f"larger batches give --shapes {inp.name}:MIN/OPT/MAX, e.g. "
+            f"{inp.name}:{format_shape(shape)}/{format_shape((4, *shape[1:]))}/"
+            f"{format_shape((8, *shape[1:]))}",
+            file=sys.stderr,
+        )
+    args.shapes = [f"{inp.name}:{format_shape(shape)}" for inp, shape in fixed] or None
+
+
+def _check_cache(path: str | None) -> None:
+    """Warn about what TensorRT would refuse in an existing --cache (unusable scales, an
+    algorithm trtexec does not read) before a build spends minutes on it."""
+    from int8kit.calib.cache import CalibrationCache
+    from int8kit.errors import CacheFormatError
+
+    if not path or not os.path.isfile(path):
+        return
+    try:
+        problems = CalibrationCache.read(path).problems(path)
+    except CacheFormatError as exc:
+        problems = [str(exc)]
+    for text in problems:
+        print(f"int8kit: warning: {text}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_outputs(
+        {"the model": args.model, "--calib": args.calib},
+        {"-o": args.output, "--cache": args.cache, "--timing-cache": args.timing_cache},
+    )
     model = load_model(_config(args).onnx_path)
+    _default_batch_one(args, model)
+    _check_cache(args.cache)
     if not available("tensorrt"):
         return _print_commands(args, model)
     import tensorrt

@@ -211,6 +211,7 @@ def summary_dict(result) -> dict:
         "outputs": {k: str(v) for k, v in result.outputs.items()},
         "images_used": result.images_used,
         "images_skipped": result.images_skipped,
+        "images_dropped": result.images_dropped,
         "skipped_files": [list(x) for x in result.skipped_files],
         "seconds": result.seconds,
         "calibration_seconds": result.calibration_seconds,
@@ -237,8 +238,14 @@ def print_summary(result, out=None) -> None:
     p(f"int8kit: {cfg.model} -> INT8 ({method}) in {result.seconds:.1f} s")
     if not cfg.ranges:
         p(
-            f"  calibration: {result.images_used} samples used, {result.images_skipped} skipped, "
-            f"{result.calibration_seconds:.1f} s"
+            f"  calibration: {result.images_used} samples used, {result.images_skipped} skipped"
+            + (
+                f", {result.images_dropped} dropped (a short final batch for the model's fixed "
+                "batch size)"
+                if result.images_dropped
+                else ""
+            )
+            + f", {result.calibration_seconds:.1f} s"
         )
         for path, why in result.skipped_files[:5]:
             p(f"    skipped {path}: {why}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from int8kit.cli.dataargs import add_data_args, required_data_config
+from int8kit.cli.dataargs import add_data_args, flag_error, required_data_config
 from int8kit.cli.eval import fmt
 from int8kit.cli.quantize import add_calib_args
 from int8kit.errors import Int8kitError
@@ -31,6 +31,12 @@ def register(sub) -> None:
     )
     p.add_argument("--op-types", help="comma-separated op types to quantize (default: the rules)")
     p.add_argument(
+        "--quantize-input-layers",
+        action="store_true",
+        help="also rank the layers that read the network input (quantize keeps them float "
+        "unless given the same flag)",
+    )
+    p.add_argument(
         "--mode",
         default="both",
         choices=["both", "only", "skip"],
@@ -51,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from int8kit.onnx.model_io import input_specs, load_model
     from int8kit.onnx.placement import node_names_unique, plan
     from int8kit.ranges import Ranges
-    from int8kit.workflow import CalibConfig, calibrate
+    from int8kit.workflow import CalibConfig, calibrate, check_qdq_covered
 
     if args.samples < 1 or args.top < 1:
         raise Int8kitError("--samples and --top must be >= 1")
@@ -67,24 +73,32 @@ def run(args: argparse.Namespace) -> int:
             num_bins=args.num_bins,
         ).resolve(qdq=True)
         placement_cfg = PlacementConfig(
-            op_types=args.op_types.split(",") if args.op_types else None, exclude=args.exclude
+            op_types=args.op_types.split(",") if args.op_types else None,
+            exclude=args.exclude,
+            quantize_input_layers=args.quantize_input_layers,
         )
     except ValueError as exc:
-        raise Int8kitError(str(exc)) from exc
+        raise flag_error(exc) from exc
     model = load_model(args.model)
     node_names_unique(model)
     specs = input_specs(model)
+    # The layers `quantize` would quantize with the same flags: by default not those that read
+    # the network input.
+    placement = plan(model, placement_cfg)
     if args.ranges:
-        amax = Ranges.read(args.ranges).amax()
+        ranges = Ranges.read(args.ranges)
+        check_qdq_covered(ranges, placement, args.ranges)
+        amax = ranges.amax()
     else:
         src = make_source(data, specs)
-        amax = calibrate(model, src, calib, total=len(src)).amax()
-    placement = plan(model, placement_cfg)
+        names = list(placement.activations)
+        amax = calibrate(model, src, calib, total=len(src), names=names).amax()
     samples = spread_samples(make_source(data, specs), args.samples)
     modes = ("only", "skip") if args.mode == "both" else (args.mode,)
     result = rows_to_dicts(
         sensitivity(model, amax, placement, samples, args.task, modes, progress=progress)
     )
+    result["left_out"] = dict(placement.kept_float)
     print_sensitivity(result, args.top)
     if args.plot:
         from int8kit.report.plots import sensitivity_plot
@@ -114,6 +128,14 @@ def print_sensitivity(result: dict, top: int, out=None) -> None:
             f"{_n(r['skip_sqnr_db']):>8} {_n(r['gain_db']):>8} {_n(r['only_sqnr_db']):>8}"
         )
     p("skip = SQNR with every layer but this one quantized; only = with only this one quantized")
+    left_out = result.get("left_out") or {}
+    if left_out:
+        p(
+            f"not ranked: {len(left_out)} layer(s) that `int8kit quantize` keeps float by default "
+            "(--quantize-input-layers ranks them too):"
+        )
+        for node, why in list(left_out.items())[:top]:
+            p(f"  {node}: {why}")
 
 
 def _n(x) -> str:

@@ -81,7 +81,7 @@ def load_factory(spec: str):
     except Exception as exc:  # the user's module failed while it was imported
         raise ModelError(
             f"importing {module_name!r} for the model factory raised "
-            f"{type(exc).__name__}: {exc}{_where(exc, module)}"
+            f"{type(exc).__name__}: {exc}{_where(exc)}"
         ) from exc
     factory = getattr(module, func_name, None)
     if not callable(factory):
@@ -89,7 +89,7 @@ def load_factory(spec: str):
     return factory
 
 
-def _where(exc: BaseException, module=None) -> str:
+def _where(exc: BaseException) -> str:
     """' (at file.py, line N)': the innermost frame of the user's code in ``exc``'s traceback."""
     import traceback
 

@@ -91,6 +91,7 @@ def make_source(config: DataConfig, inputs: list[InputSpec]) -> DataSource:
     """The DataSource ``config`` describes, for a model with ``inputs``."""
     if not inputs:
         raise DataError("the model declares no inputs")
+    _check_input_name(config, inputs)
     kind = resolve_kind(config)
     if kind == "script":
         return ScriptSource(config, inputs)
@@ -99,6 +100,16 @@ def make_source(config: DataConfig, inputs: list[InputSpec]) -> DataSource:
     files, keys, bad = _ordered_images(config)
     spec = image_input(inputs, config.input_name)
     return ImageSource(files, config, spec, keys=keys, skipped=bad, description=config.source)
+
+
+def _check_input_name(config: DataConfig, inputs: list[InputSpec]) -> None:
+    """An input name that is not the model's would be ignored by some sources: refuse it."""
+    names = [s.name for s in inputs]
+    if config.input_name is not None and config.input_name not in names:
+        raise DataError(
+            f"--input-name {config.input_name!r} is not a model input; the inputs are "
+            f"{', '.join(names)}"
+        )
 
 
 def _too_few(n: int, holdout: int, what: str, source: str) -> DataError:
@@ -119,6 +130,7 @@ def split(
     """
     if holdout < 1:
         raise DataError(f"holdout must be >= 1, got {holdout}")
+    _check_input_name(config, inputs)
     kind = resolve_kind(config)
     if kind == "script":
         total = ScriptSource(config, inputs).total_batches
