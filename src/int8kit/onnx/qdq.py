@@ -63,16 +63,32 @@ def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return q, scales
 
 
-def dequantized_weight(w: np.ndarray, axis: int) -> np.ndarray:
-    """The float weight the Q/DQ model computes with: quantize_weight's int8 times its scales."""
+def dequantized_weight(w: np.ndarray, axis: int, rounded: np.ndarray | None = None) -> np.ndarray:
+    """The float weight the Q/DQ model computes with: quantize_weight's int8 (or ``rounded``,
+    int8 values rounded otherwise, e.g. by AdaRound) times its scales."""
     q, scales = quantize_weight(w, axis)
+    q = q if rounded is None else _checked_rounding(rounded, q)
     shape = [1] * q.ndim
     shape[axis % q.ndim] = -1
     return q.astype(np.float32) * scales.reshape(shape)
 
 
-def insert_qdq(model, placement: Placement, amax: dict[str, float]):
-    """Return a copy of ``model`` with Q/DQ inserted; tensors without an amax are left float."""
+def _checked_rounding(rounded: np.ndarray, q: np.ndarray) -> np.ndarray:
+    rounded = np.asarray(rounded)
+    if rounded.shape != q.shape or rounded.dtype != np.int8:
+        raise ValueError(f"pre-rounded weight {rounded.shape} {rounded.dtype} for int8 {q.shape}")
+    return rounded
+
+
+def insert_qdq(
+    model,
+    placement: Placement,
+    amax: dict[str, float],
+    rounded: dict[str, np.ndarray] | None = None,
+):
+    """Return a copy of ``model`` with Q/DQ inserted; tensors without an amax are left float.
+    ``rounded``: {weight initializer: int8 values} written instead of round-to-nearest (same
+    per-channel scales as ``quantize_weight``; onnx/adaround.py)."""
     onnx = require("onnx", "writing Q/DQ models")
     from onnx import helper, numpy_helper
 
@@ -122,6 +138,8 @@ def insert_qdq(model, placement: Placement, amax: dict[str, float]):
             w = numpy_helper.to_array(inits[wq.initializer]).astype(np.float32)
             axis = wq.axis % w.ndim
             q, scales = quantize_weight(w, axis)
+            if rounded and wq.initializer in rounded:
+                q = _checked_rounding(rounded[wq.initializer], q)
             base = f"{wq.initializer}_axis{axis}" if wq.axis != 0 else wq.initializer
             names = [fresh(f"{base}_{s}") for s in ("quantized", "scale", "zero_point")]
             new_inits += [
