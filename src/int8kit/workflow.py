@@ -101,6 +101,13 @@ class QuantizeConfig:
     # Shift the float biases of layers with int8 weights so their mean output matches FP32
     # (onnx/bias.py); needs calibration data, changes only the Q/DQ model.
     bias_correction: bool = True
+    # ... kept per layer only where it lowers that layer's output error on held-out calibration
+    # samples (onnx/bias_safe.py); statistics "local" (each layer's own input quantized) or
+    # "empirical" (upstream layers quantized and corrected first: more ONNX Runtime passes).
+    bias_gate: bool = True
+    bias_stats: str = "local"
+    # Cross-layer equalization of Conv->Relu->Conv pairs before calibration (onnx/equalize.py).
+    equalize: bool = False
     # Fallback (analysis/fallback.py): leave the most sensitive layers unquantized until the
     # held-out fidelity reaches the target. SQNR: worst output part (detector: box and score).
     target_sqnr: float | None = None
@@ -122,6 +129,13 @@ class QuantizeConfig:
             raise ValueError(f"high_precision must be fp32 or fp16, got {self.high_precision!r}")
         if self.sensitivity_samples < 1:
             raise ValueError(f"sensitivity_samples must be >= 1, got {self.sensitivity_samples}")
+        if self.bias_stats not in ("local", "empirical"):
+            raise ValueError(f"bias_stats must be local or empirical, got {self.bias_stats!r}")
+        if self.equalize and (self.write_cache or not self.write_qdq):
+            raise ValueError(
+                "equalization changes the FP32 weights, so a calibration cache would not fit the "
+                "original model: use the Q/DQ model (drop --cache), or drop --equalize"
+            )
         if self.fallback_target is not None and (self.data is None or self.holdout < 1):
             raise ValueError(
                 "a fidelity target needs calibration data (--calib) and held-out images "
@@ -190,6 +204,9 @@ class QuantizeConfig:
             "write_qdq": self.write_qdq,
             "write_cache": self.write_cache,
             "bias_correction": self.bias_correction,
+            "bias_gate": self.bias_gate,
+            "bias_stats": self.bias_stats,
+            "equalize": self.equalize,
             "target_sqnr": self.target_sqnr,
             "target_top1": self.target_top1,
             "sensitivity_samples": self.sensitivity_samples,
@@ -213,6 +230,9 @@ class QuantizeConfig:
             write_qdq=d.get("write_qdq", True),
             write_cache=d.get("write_cache", True),  # runs before the key existed wrote it
             bias_correction=d.get("bias_correction", False),  # ... and had no correction
+            bias_gate=d.get("bias_gate", False),  # ... nor a gate on it
+            bias_stats=d.get("bias_stats", "local"),
+            equalize=d.get("equalize", False),
             target_sqnr=d.get("target_sqnr"),
             target_top1=d.get("target_top1"),
             sensitivity_samples=d.get("sensitivity_samples", 8),
@@ -243,6 +263,7 @@ class QuantizeResult:
     fallback: dict = field(default_factory=dict)  # analysis.fallback.FallbackResult as a dict
     fp16: dict = field(default_factory=dict)  # onnx.fp16.FP16Summary as a dict
     bias_correction: dict = field(default_factory=dict)  # onnx.bias.BiasSummary as a dict
+    equalize: dict = field(default_factory=dict)  # onnx.equalize.EqualizeSummary as a dict
     method: str = ""  # the range method used (``auto`` resolved)
 
 
@@ -329,6 +350,12 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     model, specs = _load(config)
     calib_src, holdout_src = _data(config, specs)
     result = QuantizeResult(config, outputs={})
+    original = model  # fidelity is measured against the model as given
+    if config.equalize:
+        from int8kit.onnx.equalize import equalize
+
+        model, eq = equalize(model)
+        result.equalize = asdict(eq)
     placement = plan(model, config.placement) if config.write_qdq else None
     calib = config.calib.resolve(qdq=config.write_qdq)
     result.method = calib.method
@@ -375,10 +402,25 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
             log.warning("bias correction skipped: it needs calibration data (--calib)")
             result.bias_correction = {"not_run": "no calibration data"}
         elif config.bias_correction and placement.weights:
-            from int8kit.onnx.bias import bias_correct
-
             t1 = time.perf_counter()
-            source, bias = bias_correct(model, placement, calib_src, amax=ranges.amax())
+            if config.bias_gate or config.bias_stats != "local":
+                from int8kit.onnx.bias_safe import safe_bias_correct
+
+                n = getattr(calib_src, "num_samples", None)
+                gate = {} if config.bias_gate else {"gate_samples": 0}
+                source, bias = safe_bias_correct(
+                    model,
+                    placement,
+                    calib_src,
+                    ranges.amax(),
+                    stats=config.bias_stats,
+                    num_samples=n,
+                    **gate,
+                )
+            else:
+                from int8kit.onnx.bias import bias_correct
+
+                source, bias = bias_correct(model, placement, calib_src, amax=ranges.amax())
             result.bias_correction = {**asdict(bias), "seconds": time.perf_counter() - t1}
         qdq_model, summary = insert_qdq(source, placement, ranges.amax())
         result.activations_quantized = summary.activations
@@ -399,7 +441,7 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     result.outputs["ranges"] = config.ranges_path
 
     if qdq_model is not None and holdout_src is not None and config.keep_io_types:
-        result.fidelity = fidelity(model, qdq_model, holdout_src, task=config.task)
+        result.fidelity = fidelity(original, qdq_model, holdout_src, task=config.task)
         result.holdout_images = holdout_src.stats.used
     if config.report:
         from int8kit.report.quantize import quantize_report

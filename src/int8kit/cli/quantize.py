@@ -94,6 +94,27 @@ def register(sub) -> None:
         "(default on; needs --calib)",
     )
     g.add_argument(
+        "--bias-gate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep a layer's bias correction only where it lowers that layer's output error on "
+        "calibration samples held out from its estimate (default on)",
+    )
+    g.add_argument(
+        "--bias-stats",
+        default="local",
+        choices=["local", "empirical"],
+        help="bias correction statistics: local (default: each layer's own input quantized; "
+        "one FP32 pass) or empirical (upstream layers quantized and corrected first; 4 more "
+        "passes of the Q/DQ model)",
+    )
+    g.add_argument(
+        "--equalize",
+        action="store_true",
+        help="cross-layer equalization of Conv->(Relu|LeakyRelu|none)->Conv pairs before "
+        "calibration (same FP32 function; pairs through Relu6/Clip are skipped and listed)",
+    )
+    g.add_argument(
         "--explain-rules", action="store_true", help="print the placement rules and exit"
     )
     g = p.add_argument_group("check")
@@ -176,6 +197,9 @@ def build_config(args: argparse.Namespace, write_qdq: bool = True):
             write_qdq=write_qdq,
             write_cache=getattr(args, "cache", False),
             bias_correction=getattr(args, "bias_correction", True),
+            bias_gate=getattr(args, "bias_gate", True),
+            bias_stats=getattr(args, "bias_stats", "local"),
+            equalize=getattr(args, "equalize", False),
             target_sqnr=getattr(args, "target_sqnr", None),
             target_top1=getattr(args, "target_top1", None),
             sensitivity_samples=getattr(args, "sensitivity_samples", 8),
@@ -225,6 +249,7 @@ def summary_dict(result) -> dict:
         "fp16": result.fp16,
         "method": result.method,
         "bias_correction": result.bias_correction,
+        "equalize": result.equalize,
         "config": result.config.to_dict(),
     }
 
@@ -263,10 +288,25 @@ def print_summary(result, out=None) -> None:
             "  WARNING: nothing was quantized: every compute layer reads the network input or "
             "was excluded (--quantize-input-layers quantizes the first layers too)"
         )
-    bc = result.bias_correction
-    if bc.get("corrected"):
+    eq = result.equalize
+    if eq:
         p(
-            f"  bias correction: {len(bc['corrected'])} layers, mean |shift| "
+            f"  equalization: {len(eq['pairs'])} Conv pairs ({eq['iterations']} rounds), weight "
+            f"channel range spread {eq['range_spread_before']:.3g} -> "
+            f"{eq['range_spread_after']:.3g}; {len(eq['skipped'])} pairs skipped"
+        )
+        for pair, why in list(eq["skipped"].items())[:3]:
+            p(f"    skipped {pair}: {why}")
+    bc = result.bias_correction
+    if bc.get("corrected") or bc.get("dropped"):
+        gate = (
+            f", {len(bc['dropped'])} dropped by the check on {bc['gate_samples']} held-out samples"
+            if bc.get("gate_samples")
+            else ""
+        )
+        stats = f" ({bc['stats']} statistics)" if bc.get("stats") == "empirical" else ""
+        p(
+            f"  bias correction{stats}: {len(bc['corrected'])} layers{gate}, mean |shift| "
             f"{bc['mean_abs_shift']:.3g} ({bc['seconds']:.1f} s)"
         )
     elif bc.get("not_run"):
