@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import warnings
 from collections.abc import Iterable, Iterator
 
 MIN_WORDS, MAX_WORDS = 5, 60
@@ -71,19 +72,22 @@ def reference_sentences() -> list[str]:
     return prose_sentences(topics[k] for k in sorted(topics))
 
 
-def _docstrings(module_name: str) -> Iterator[str]:
+def _docstrings(module_name: str) -> list[str]:
     module = importlib.import_module(module_name)
-    yield inspect.getdoc(module) or ""
-    for _, obj in inspect.getmembers(module):
-        if not (inspect.isfunction(obj) or inspect.isclass(obj)):
-            continue
-        if getattr(obj, "__module__", None) != module.__name__:
-            continue
-        yield inspect.getdoc(obj) or ""
-        if inspect.isclass(obj):
-            for _, fn in inspect.getmembers(obj, inspect.isfunction):
-                if fn.__qualname__.startswith(obj.__name__ + "."):
-                    yield inspect.getdoc(fn) or ""
+    docs = [inspect.getdoc(module) or ""]
+    with warnings.catch_warnings():  # inspect touches deprecated aliases (typing.io, typing.re)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for _, obj in inspect.getmembers(module):
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+                continue
+            if getattr(obj, "__module__", None) != module.__name__:
+                continue
+            docs.append(inspect.getdoc(obj) or "")
+            if inspect.isclass(obj):
+                for _, fn in inspect.getmembers(obj, inspect.isfunction):
+                    if fn.__qualname__.startswith(obj.__name__ + "."):
+                        docs.append(inspect.getdoc(fn) or "")
+    return docs
 
 
 def docstring_sentences() -> list[str]:
