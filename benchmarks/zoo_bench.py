@@ -1,0 +1,347 @@
+"""Every candidate recipe of int8kit and every peer on every zoo model, scored by the model's own
+task metric against FP32 (benchmarks/zoo/). Feeds the leave-one-model-out choice of the default
+(choose_default.py).
+
+    .venv/bin/python benchmarks/zoo_bench.py [--models ...] [--recipes ...] [--peers ...]
+                                             [--no-peers] [--force] [--timing]
+
+Results: benchmarks/results/zoo/<model>.recipes.json and <model>.peers.json (one entry per
+recipe or peer: metrics per backend, seconds, TensorRT deployability), <model>.timing.json.
+Recipes are scored as TensorRT computes (trt-like); peers also on ORT's integer kernels. Entries that exist are kept unless --force or named with
+--recipes/--peers. Candidate recipes run in this process (fidelity does not depend on it);
+--timing measures the default recipe's whole quantize call in a fresh process, beside ORT MinMax.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import BENCH, RESULTS, python_of, run_measured, save_json, timed  # noqa: E402
+
+ZOO_RESULTS = RESULTS / "zoo"
+ZOO_MODELS_OUT = BENCH / "work" / "zoo_models"
+
+# Candidate recipes: name -> QuantizeConfig overrides. Every range method with and without bias
+# correction (gated per layer, the library's default), the input layers float (the default) or
+# INT8, the ungated correction, and the algorithms of issue 11 on the strongest bases. A 2-core
+# machine cannot afford the full product (about 1 minute a recipe and model), so the options are
+# crossed with the methods that win somewhere.
+METHODS = ("minmax", "entropy", "percentile", "mse", "mean-max")
+
+
+def recipe_grid() -> dict[str, dict]:
+    recipes: dict[str, dict] = {}
+
+    def add(name, method, bc=True, qin=False, **fields):
+        recipes[name] = {
+            "calib": {"method": method},
+            "bias_correction": bc,
+            "placement": {"quantize_input_layers": qin},
+            **fields,
+        }
+
+    for m in METHODS:
+        add(f"{m}+bc", m)
+        add(m, m, bc=False)
+    for m in ("minmax", "mse", "percentile"):
+        add(f"{m}+bc+qin", m, qin=True)
+        add(f"{m}+bcraw", m, bias_gate=False)
+        add(f"{m}+bc+sq", m, smooth_quant="auto")
+        add(f"{m}+bc+cle", m, equalize=True)
+    add("mse+sq", "mse", bc=False, smooth_quant="auto")
+    add("minmax+sq", "minmax", bc=False, smooth_quant="auto")
+    return recipes
+
+
+RECIPES = recipe_grid()
+
+PEERS = {
+    # label: (venv, pip requirements, runner, variant)
+    "ort-minmax": ("ort", ["onnxruntime", "onnx", "numpy"], "peers/ort_runner.py", "MinMax"),
+    "ort-entropy": ("ort", ["onnxruntime", "onnx", "numpy"], "peers/ort_runner.py", "Entropy"),
+    "ort-percentile": (
+        "ort",
+        ["onnxruntime", "onnx", "numpy"],
+        "peers/ort_runner.py",
+        "Percentile",
+    ),
+    "modelopt-entropy": (
+        "modelopt",
+        ["nvidia-modelopt[onnx]"],
+        "peers/modelopt_runner.py",
+        "entropy",
+    ),
+    "modelopt-max": ("modelopt", ["nvidia-modelopt[onnx]"], "peers/modelopt_runner.py", "max"),
+    "nncf": ("nncf", ["nncf", "onnxruntime", "onnx", "numpy"], "peers/nncf_runner.py", "default"),
+    "nncf-signed": (
+        "nncf",
+        ["nncf", "onnxruntime", "onnx", "numpy"],
+        "peers/nncf_runner.py",
+        "signed",
+    ),
+    "nncf-transformer": (
+        "nncf",
+        ["nncf", "onnxruntime", "onnx", "numpy"],
+        "peers/nncf_runner.py",
+        "transformer",
+    ),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def rel(path) -> str:
+    """Repository-relative path for result files."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(BENCH.parent))
+    except ValueError:
+        return p.name
+
+
+def config_for(name: str, recipe: dict, out: Path):
+    """The QuantizeConfig of ``recipe`` on zoo model ``name``."""
+    from zoo import data_path, model_path
+
+    from int8kit.data import DataConfig
+    from int8kit.onnx.placement import PlacementConfig
+    from int8kit.workflow import CalibConfig, QuantizeConfig
+
+    fields = {k: v for k, v in recipe.items() if k not in ("calib", "placement")}
+    return QuantizeConfig(
+        model=str(model_path(name)),
+        output=str(out),
+        data=DataConfig(source=str(data_path(name, "calib"))),
+        calib=CalibConfig(**recipe.get("calib", {})),
+        placement=PlacementConfig(**recipe.get("placement", {})),
+        holdout=0,
+        **fields,
+    )
+
+
+def trt_deployable(path) -> tuple[bool, str]:
+    """TensorRT runs Q/DQ with signed int8 and zero point 0 only."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    consts = {
+        n.output[0]: next(a.t for a in n.attribute if a.name == "value")
+        for n in model.graph.node
+        if n.op_type == "Constant" and any(a.name == "value" for a in n.attribute)
+    }
+    bad = Counter()
+    nq = 0
+    for n in model.graph.node:
+        if n.op_type != "QuantizeLinear":
+            continue
+        nq += 1
+        if len(n.input) < 3 or not n.input[2]:
+            bad["uint8 (no zero point given)"] += 1
+            continue
+        zp = inits.get(n.input[2]) or consts.get(n.input[2])
+        if zp is None:
+            bad["zero point computed at run time"] += 1
+            continue
+        arr = numpy_helper.to_array(zp)
+        if arr.dtype != np.int8:
+            bad[f"{arr.dtype} zero point"] += 1
+        elif np.any(arr != 0):
+            bad["non-zero zero point"] += 1
+    if nq == 0:
+        return False, "no QuantizeLinear"
+    if bad:
+        return False, "; ".join(f"{k}: {v} of {nq}" for k, v in bad.items())
+    return True, ""
+
+
+def qdq_counts(path) -> dict:
+    import onnx
+
+    ops = Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+    return {"Q": ops.get("QuantizeLinear", 0), "DQ": ops.get("DequantizeLinear", 0)}
+
+
+def run_recipe(name: str, label: str, recipe: dict) -> dict:
+    from zoo.evaluate import evaluate
+
+    from int8kit.workflow import quantize_onnx
+
+    out = ZOO_MODELS_OUT / f"{name}.{label}.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        config = config_for(name, recipe, out)
+    except TypeError as exc:
+        return {"ok": False, "skipped": f"this int8kit has no such option: {exc}"}
+    t0 = time.perf_counter()
+    try:
+        r = quantize_onnx(config)
+    except Exception as exc:  # a failed recipe is a result
+        return {"ok": False, "failed": f"{type(exc).__name__}: {str(exc)[:400]}"}
+    entry = {
+        "ok": True,
+        "recipe": recipe,
+        "quantize_s": time.perf_counter() - t0,
+        "method": r.method,
+        "qdq": qdq_counts(out),
+    }
+    for key in ("bias_correction", "smooth_quant", "equalize"):
+        v = getattr(r, key, None)
+        if isinstance(v, dict) and v:
+            entry[key] = {k: x for k, x in v.items() if isinstance(x, (int, float, str))}
+    entry["metrics"] = evaluate(name, out, backends=("trt-like",))
+    out.unlink(missing_ok=True)  # a 2-core machine's disk is not the place to keep 200 models
+    return entry
+
+
+def ensure_venv(venv: str, reqs: list[str]) -> str | None:
+    from run_all import ensure_venv as ensure
+
+    return ensure(venv, reqs)
+
+
+def run_peer(name: str, label: str) -> dict:
+    from zoo import data_path, get, model_path
+    from zoo.evaluate import evaluate
+
+    venv, reqs, runner, variant = PEERS[label]
+    if variant == "transformer" and not getattr(get(name), "TRANSFORMER", False):
+        return {"ok": False, "skipped": "the transformer preset is for transformer models"}
+    why = ensure_venv(venv, reqs)
+    if why:
+        return {"ok": False, "skipped": why}
+    out = ZOO_MODELS_OUT / f"{name}.{label}.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    cmd = [
+        python_of(venv),
+        BENCH / runner,
+        model_path(name),
+        data_path(name, "calib"),
+        out,
+        variant,
+    ]
+    r = run_measured(timed(cmd), log=BENCH / "work/logs" / f"zoo.{name}.{label}.log", timeout=1800)
+    entry = {
+        "ok": r["rc"] == 0 and out.exists(),
+        "wall_s": r["wall_s"],
+        "peak_rss_mib": r["peak_rss_mib"],
+        "quantize_s": (r["result"] or {}).get("quantize_s"),
+    }
+    if not entry["ok"]:
+        killed = r["rc"] in (-9, 137) or "Killed" in r["stderr_tail"]
+        entry["failed"] = (
+            "killed (out of memory?)" if killed else f"rc {r['rc']}: {r['stderr_tail'][-400:]}"
+        )
+        return entry
+    entry["trt_deployable"], entry["not_deployable_why"] = trt_deployable(out)
+    entry["qdq"] = qdq_counts(out)
+    entry["metrics"] = evaluate(name, out, backends=("trt-like", "ort-int8"))
+    return entry
+
+
+def timing(name: str, runs: int = 3) -> dict:
+    """The default recipe's whole quantize call vs ORT MinMax's quantize_static call, each in a
+    fresh process, alternated; medians."""
+    import statistics
+
+    from zoo import data_path, model_path
+
+    out = ZOO_MODELS_OUT / f"{name}.timing.onnx"
+    ours, ort = [], []
+    for _ in range(runs):
+        r = run_measured(
+            [
+                sys.executable,
+                BENCH / "int8kit_runner.py",
+                model_path(name),
+                data_path(name, "calib"),
+                out,
+                "auto",
+                "--no-floor",
+            ]
+        )
+        if r["result"]:
+            ours.append(r["result"]["quantize_s"])
+        if ensure_venv(*PEERS["ort-minmax"][:2]) is None:
+            cmd = [python_of("ort"), BENCH / "peers/ort_runner.py", model_path(name)]
+            r = run_measured(
+                cmd + [data_path(name, "calib"), out.with_suffix(".ort.onnx"), "MinMax"]
+            )
+            if r["result"]:
+                ort.append(r["result"]["quantize_s"])
+    res = {"runs": runs, "int8kit_default_s": ours, "ort_minmax_s": ort}
+    if ours and ort:
+        res["int8kit_default_median_s"] = statistics.median(ours)
+        res["ort_minmax_median_s"] = statistics.median(ort)
+        res["speedup_vs_ort_minmax"] = res["ort_minmax_median_s"] / res["int8kit_default_median_s"]
+    return res
+
+
+def main(argv=None) -> int:
+    from zoo import ZOO, prepare
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(ZOO))
+    p.add_argument("--recipes", nargs="+", help="recipes to (re)run; default: all missing")
+    p.add_argument("--peers", nargs="+", help="peers to (re)run; default: all missing")
+    p.add_argument("--no-recipes", action="store_true")
+    p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--timing", action="store_true", help="default vs ORT MinMax, fresh processes")
+    a = p.parse_args(argv)
+
+    prepare(a.models)
+    todo: list[tuple[str, str]] = []
+    if not a.no_recipes:
+        todo += [("recipe", r) for r in (a.recipes or RECIPES)]
+    if not a.no_peers:
+        todo += [("peer", q) for q in (a.peers or PEERS)]
+    # recipe-major: every model gets a recipe before the next recipe starts, so a partial run
+    # already holds complete rows for the leave-one-out choice
+    for kind, label in todo:
+        for name in a.models:
+            # recipes and peers in files of their own, so two processes can fill them at once
+            path = ZOO_RESULTS / f"{name}.{kind}s.json"
+            res = json.loads(path.read_text()) if path.exists() and not a.force else {}
+            res.setdefault("model", name)
+            entries = res.setdefault("entries", {})
+            key = label if kind == "peer" else f"int8kit:{label}"
+            named = a.recipes if kind == "recipe" else a.peers
+            if key in entries and not named:
+                continue
+            if kind == "recipe" and label not in RECIPES:
+                log(f"unknown recipe {label}")
+                continue
+            log(f"{name}: {key}")
+            entry = (
+                run_recipe(name, label, RECIPES[label])
+                if kind == "recipe"
+                else run_peer(name, label)
+            )
+            entry["kind"] = kind
+            entries[key] = entry
+            why = entry.get("failed") or entry.get("skipped")
+            if why:
+                log(f"{name}: {key}: {why[:200]}")
+            save_json(path, res)
+    for name in a.models:
+        if a.timing:
+            log(f"{name}: timing")
+            save_json(ZOO_RESULTS / f"{name}.timing.json", timing(name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
