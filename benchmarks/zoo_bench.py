@@ -3,12 +3,12 @@ task metric against FP32 (benchmarks/zoo/). Feeds the leave-one-model-out choice
 (choose_default.py).
 
     .venv/bin/python benchmarks/zoo_bench.py [--models ...] [--recipes ...] [--peers ...]
-                                             [--no-peers] [--force] [--timing]
+                                             [--no-peers] [--redo] [--force] [--timing]
 
 Results: benchmarks/results/zoo/<model>.recipes.json and <model>.peers.json (one entry per
 recipe or peer: metrics per backend, seconds, TensorRT deployability), <model>.timing.json.
-Recipes are scored as TensorRT computes (trt-like); peers also on ORT's integer kernels. Entries that exist are kept unless --force or named with
---recipes/--peers. Candidate recipes run in this process (fidelity does not depend on it);
+Recipes are scored as TensorRT computes (trt-like); peers also on ORT's integer kernels. Entries
+that exist are kept unless --redo (or --force: new files). Candidate recipes run in this process (fidelity does not depend on it);
 --timing measures the default recipe's whole quantize call in a fresh process, beside ORT MinMax.
 """
 
@@ -294,11 +294,12 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(ZOO))
-    p.add_argument("--recipes", nargs="+", help="recipes to (re)run; default: all missing")
-    p.add_argument("--peers", nargs="+", help="peers to (re)run; default: all missing")
+    p.add_argument("--recipes", nargs="+", help="recipes to run, in this order; default: all")
+    p.add_argument("--peers", nargs="+", help="peers to run, in this order; default: all")
     p.add_argument("--no-recipes", action="store_true")
     p.add_argument("--no-peers", action="store_true")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help="start the result files afresh")
+    p.add_argument("--redo", action="store_true", help="rerun the named entries that exist")
     p.add_argument("--timing", action="store_true", help="default vs ORT MinMax, fresh processes")
     a = p.parse_args(argv)
 
@@ -318,8 +319,7 @@ def main(argv=None) -> int:
             res.setdefault("model", name)
             entries = res.setdefault("entries", {})
             key = label if kind == "peer" else f"int8kit:{label}"
-            named = a.recipes if kind == "recipe" else a.peers
-            if key in entries and not named:
+            if key in entries and not a.redo:
                 continue
             if kind == "recipe" and label not in RECIPES:
                 log(f"unknown recipe {label}")
