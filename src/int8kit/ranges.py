@@ -25,6 +25,8 @@ class TensorRange:
     method: str
     stats: dict = field(default_factory=dict)  # count, min, max, nan, inf
     candidates: dict[str, float] = field(default_factory=dict)  # method -> amax it would pick
+    # target ort-cpu: the uint8 quantizer written (dtype, scale, zero_point, min, max)
+    uint8: dict = field(default_factory=dict)
 
     @property
     def scale(self) -> float:
@@ -64,6 +66,7 @@ class Ranges:
                     "method": r.method,
                     **r.stats,
                     **({"candidates": r.candidates} if r.candidates else {}),
+                    **({"uint8": r.uint8} if r.uint8 else {}),
                 }
                 for n, r in self.tensors.items()
             },
@@ -105,7 +108,11 @@ class Ranges:
             if not isinstance(candidates, dict):
                 raise Int8kitError(f"{path}: tensor {name!r}: 'candidates' must be an object")
             tensors[name] = TensorRange(
-                _amax(t["amax"], name, path, stats), str(t.get("method", "?")), stats, candidates
+                _amax(t["amax"], name, path, stats),
+                str(t.get("method", "?")),
+                stats,
+                candidates,
+                t.get("uint8") if isinstance(t.get("uint8"), dict) else {},
             )
         config = d.get("config", {})
         return cls(tensors, config if isinstance(config, dict) else {})

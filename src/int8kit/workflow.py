@@ -108,6 +108,13 @@ class QuantizeConfig:
     bias_stats: str = "local"
     # Cross-layer equalization of Conv->Relu->Conv pairs before calibration (onnx/equalize.py).
     equalize: bool = False
+    # SmoothQuant (onnx/smoothquant.py): move activation outliers into the weights of MatMul/Gemm
+    # layers before calibration. A float alpha in [0, 1], "auto" (per activation), None: off.
+    smooth_quant: float | str | None = None
+    # AdaRound (onnx/adaround.py): learn each int8 weight's rounding on calibration data, within
+    # ``adaround_seconds``; needs calibration data.
+    adaround: bool = False
+    adaround_seconds: float = 60.0
     # Fallback (analysis/fallback.py): leave the most sensitive layers unquantized until the
     # held-out fidelity reaches the target. SQNR: worst output part (detector: box and score).
     target_sqnr: float | None = None
@@ -116,8 +123,14 @@ class QuantizeConfig:
     high_precision: str = "fp32"  # type of what stays float: fp32 | fp16 (onnx/fp16.py)
     keep_io_types: bool = True  # fp16: keep the model's FP32 inputs/outputs (Casts at the edge)
     report: str | None = None  # folder for report.md/.html and plots
+    # Where the INT8 model runs (onnx/targets.py): "tensorrt" or "ort-cpu" (uint8 activations,
+    # ONNX Runtime's integer kernels); reduce_range (ort-cpu): 7-bit weights, None: on where the
+    # CPU lacks VNNI (a run writes the value it resolved to into its ranges file).
+    target: str = "tensorrt"
+    reduce_range: bool | None = None
 
     def __post_init__(self):
+        _check_target(self)
         if self.data is None and self.ranges is None:
             raise ValueError(
                 "give calibration data (--calib) or an existing ranges file (--ranges)"
@@ -129,6 +142,7 @@ class QuantizeConfig:
             raise ValueError(f"high_precision must be fp32 or fp16, got {self.high_precision!r}")
         if self.sensitivity_samples < 1:
             raise ValueError(f"sensitivity_samples must be >= 1, got {self.sensitivity_samples}")
+        _check_ptq_options(self)
         if self.bias_stats not in ("local", "empirical"):
             raise ValueError(f"bias_stats must be local or empirical, got {self.bias_stats!r}")
         if self.equalize and (self.write_cache or not self.write_qdq):
@@ -207,12 +221,17 @@ class QuantizeConfig:
             "bias_gate": self.bias_gate,
             "bias_stats": self.bias_stats,
             "equalize": self.equalize,
+            "smooth_quant": self.smooth_quant,
+            "adaround": self.adaround,
+            "adaround_seconds": self.adaround_seconds,
             "target_sqnr": self.target_sqnr,
             "target_top1": self.target_top1,
             "sensitivity_samples": self.sensitivity_samples,
             "high_precision": self.high_precision,
             "keep_io_types": self.keep_io_types,
             "report": self.report,
+            "target": self.target,
+            "reduce_range": self.reduce_range,
         }
         return d
 
@@ -233,12 +252,17 @@ class QuantizeConfig:
             bias_gate=d.get("bias_gate", False),  # ... nor a gate on it
             bias_stats=d.get("bias_stats", "local"),
             equalize=d.get("equalize", False),
+            smooth_quant=d.get("smooth_quant"),  # runs before these keys existed had neither
+            adaround=d.get("adaround", False),
+            adaround_seconds=d.get("adaround_seconds", 60.0),
             target_sqnr=d.get("target_sqnr"),
             target_top1=d.get("target_top1"),
             sensitivity_samples=d.get("sensitivity_samples", 8),
             high_precision=d.get("high_precision", "fp32"),
             keep_io_types=d.get("keep_io_types", True),
             report=d.get("report"),
+            target=d.get("target", "tensorrt"),  # files before targets existed: TensorRT's
+            reduce_range=d.get("reduce_range"),
         )
 
 
@@ -263,8 +287,11 @@ class QuantizeResult:
     fallback: dict = field(default_factory=dict)  # analysis.fallback.FallbackResult as a dict
     fp16: dict = field(default_factory=dict)  # onnx.fp16.FP16Summary as a dict
     bias_correction: dict = field(default_factory=dict)  # onnx.bias.BiasSummary as a dict
+    smooth_quant: dict = field(default_factory=dict)  # onnx.smoothquant.SmoothSummary as a dict
+    adaround: dict = field(default_factory=dict)  # onnx.adaround.AdaRoundSummary as a dict
     equalize: dict = field(default_factory=dict)  # onnx.equalize.EqualizeSummary as a dict
     method: str = ""  # the range method used (``auto`` resolved)
+    target: dict = field(default_factory=dict)  # name, scheme, reduce_range, warnings
 
 
 def calibrate(
@@ -343,8 +370,8 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     """Calibrate (or reuse ranges), insert Q/DQ by the placement rules, write every output
     atomically, and measure INT8 vs FP32 fidelity on held-out data."""
     from int8kit.onnx.model_io import save_model
-    from int8kit.onnx.placement import plan
     from int8kit.onnx.qdq import insert_qdq
+    from int8kit.onnx.targets import get_target
 
     t0 = time.perf_counter()
     model, specs = _load(config)
@@ -356,7 +383,24 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
 
         model, eq = equalize(model)
         result.equalize = asdict(eq)
-    placement = plan(model, config.placement) if config.write_qdq else None
+    if config.smooth_quant is not None and config.write_qdq:
+        from int8kit.onnx.smoothquant import smooth_for_placement
+
+        # The smoothed FP32 model computes the same function: the ranges are taken on it.
+        model, result.smooth_quant = smooth_for_placement(
+            model, config.placement, calib_src, config.smooth_quant
+        )
+    target = get_target(config.target, config.reduce_range)
+    config.reduce_range = target.reduce_range if target.name != "tensorrt" else None
+    result.target = {"name": target.name, "scheme": target.describe(), "warnings": []}
+    placement = target.plan(model, config.placement) if config.write_qdq else None
+    if placement is not None and target.placement == "ort":
+        from int8kit.onnx.targets_ort import integer_warning
+
+        warning = integer_warning(model, placement)
+        if warning:
+            log.warning(warning)
+            result.target["warnings"].append(warning)
     calib = config.calib.resolve(qdq=config.write_qdq)
     result.method = calib.method
     searching = calib.method == "search" and placement is not None
@@ -397,7 +441,19 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
 
     qdq_model = None
     if placement is not None:
-        source = model
+        quant = target.quantizers(ranges, placement)  # amax, or uint8 parameters (ort-cpu)
+        for name, q in quant.items():
+            if hasattr(q, "to_dict") and name in ranges.tensors:
+                ranges.tensors[name].uint8 = q.to_dict()
+        source, rounded, bc_placement = model, None, placement
+        if config.adaround and placement.weights:
+            from int8kit.onnx.adaround import adaround, without_rounded
+
+            rounded, ada = adaround(
+                model, placement, calib_src, ranges.amax(), seconds=config.adaround_seconds
+            )
+            result.adaround = asdict(ada)
+            bc_placement = without_rounded(placement, rounded)  # AdaRound fitted their mean
         if config.bias_correction and calib_src is None:
             log.warning("bias correction skipped: it needs calibration data (--calib)")
             result.bias_correction = {"not_run": "no calibration data"}
@@ -410,9 +466,9 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
                 gate = {} if config.bias_gate else {"gate_samples": 0}
                 source, bias = safe_bias_correct(
                     model,
-                    placement,
+                    bc_placement,
                     calib_src,
-                    ranges.amax(),
+                    quant,
                     stats=config.bias_stats,
                     num_samples=n,
                     **gate,
@@ -420,9 +476,10 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
             else:
                 from int8kit.onnx.bias import bias_correct
 
-                source, bias = bias_correct(model, placement, calib_src, amax=ranges.amax())
+                source, bias = bias_correct(model, bc_placement, calib_src, amax=quant)
             result.bias_correction = {**asdict(bias), "seconds": time.perf_counter() - t1}
-        qdq_model, summary = insert_qdq(source, placement, ranges.amax())
+        qdq_model, summary = insert_qdq(source, placement, quant, rounded=rounded)
+        qdq_model = target.finish(qdq_model)
         result.activations_quantized = summary.activations
         result.weights_quantized = summary.weights
         if config.high_precision == "fp16":
@@ -441,7 +498,9 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     result.outputs["ranges"] = config.ranges_path
 
     if qdq_model is not None and holdout_src is not None and config.keep_io_types:
-        result.fidelity = fidelity(original, qdq_model, holdout_src, task=config.task)
+        result.fidelity = fidelity(
+            original, qdq_model, holdout_src, task=config.task, backends=target.backends
+        )
         result.holdout_images = holdout_src.stats.used
     if config.report:
         from int8kit.report.quantize import quantize_report
@@ -451,6 +510,51 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         )
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _check_target(config: QuantizeConfig) -> None:
+    from int8kit.onnx.targets import TARGETS
+
+    if config.target not in TARGETS:
+        raise ValueError(f"unknown target {config.target!r}; known targets: {', '.join(TARGETS)}")
+    if config.target == "tensorrt":
+        if config.reduce_range:
+            raise ValueError("reduce_range is for target ort-cpu (TensorRT has no such mode)")
+        return
+    if config.write_cache or not config.write_qdq:
+        raise ValueError(
+            f"the calibration cache is TensorRT's (implicit INT8); target {config.target} reads "
+            "the Q/DQ model: drop --cache (or use `int8kit quantize`), or use --target tensorrt"
+        )
+    unsupported = [
+        flag
+        for flag, on in (
+            ("--adaround", config.adaround),
+            ("--method search", config.calib.method == "search"),
+            ("--target-sqnr/--target-top1", config.fallback_target is not None),
+        )
+        if on
+    ]
+    if unsupported:
+        raise ValueError(
+            f"{', '.join(unsupported)} model the symmetric int8 quantizer of --target tensorrt "
+            f"and are not available for target {config.target} yet: drop them"
+        )
+
+
+def _check_ptq_options(config: QuantizeConfig) -> None:
+    sq = config.smooth_quant
+    if sq is not None and sq != "auto" and not (isinstance(sq, (int, float)) and 0 <= sq <= 1):
+        raise ValueError(f"smooth_quant must be an alpha in [0, 1] or 'auto', got {sq!r}")
+    if (sq is not None or config.adaround) and config.data is None:
+        raise ValueError("SmoothQuant and AdaRound need calibration data (--calib)")
+    if sq is not None and (config.write_cache or not config.write_qdq):
+        raise ValueError(
+            "SmoothQuant changes the FP32 model, so a calibration cache would not fit the "
+            "original model: use the Q/DQ model (drop --cache), or drop --smooth-quant"
+        )
+    if config.adaround_seconds <= 0:
+        raise ValueError(f"adaround_seconds must be positive, got {config.adaround_seconds}")
 
 
 def _check_covers(ranges: Ranges, model, path) -> None:

@@ -119,10 +119,8 @@ def _compile_sums():
     # reassoc only: the float64 sum may be split into vector lanes. The division stays a
     # division (no reciprocal), rint/min/max keep their exact meaning, q sums are integers.
     @njit(nogil=True, cache=True, fastmath={"reassoc"})
-    def channel_sums(x, scale, quantize, sums, qsums):  # pragma: no cover - compiled by numba
+    def channel_sums(x, scale, quantize, sums, qsums, lo, hi):  # pragma: no cover - numba
         p_len, c_len, r_len = x.shape
-        lo = numba.float32(-128.0)
-        hi = numba.float32(127.0)
         if r_len >= 16:
             for p in range(p_len):
                 for c in range(c_len):
@@ -173,7 +171,11 @@ def warm_channel_sums() -> None:
     ONNX Runtime works: the first call otherwise pays it (~0.3 s when numba is not imported)."""
     kernel = channel_sums_kernel()
     if kernel is not None:
-        kernel(np.zeros((1, 1, 16), np.float32), np.float32(1), True, np.zeros(1), np.zeros(1))
+        one = np.zeros(1)
+        kernel(np.zeros((1, 1, 16), np.float32), np.float32(1), True, one, one, *_BOUNDS)
+
+
+_BOUNDS = (np.float32(-128.0), np.float32(127.0))
 
 
 def as_channel_view(x: np.ndarray, axis: int) -> np.ndarray:
@@ -191,12 +193,16 @@ def add_channel_sums(
     sums: np.ndarray,
     qsums: np.ndarray | None = None,
     use_numba=None,
+    bounds: tuple[float, float] = (-128.0, 127.0),
 ) -> None:
     """Add the per-channel sums of ``x`` (float32, (P, C, R), see ``as_channel_view``) into
     ``sums`` (float64, (C,)) and, with a ``scale``, the sums of its int8 values
     rint(clamp(x / scale, -128, 127)) into ``qsums`` (float64, (C,)), in place.
 
-    ``use_numba``: None picks numba when available; False forces the NumPy path."""
+    ``bounds``: the clamp of rint(x / scale): int8 (-128, 127), or (-zp, 255 - zp) for a uint8
+    quantizer with zero point zp. ``use_numba``: None picks numba when available; False forces
+    the NumPy path."""
+    lo, hi = np.float32(bounds[0]), np.float32(bounds[1])
     quantize = scale is not None
     if quantize and qsums is None:
         raise ValueError("a scale needs qsums")
@@ -205,7 +211,7 @@ def add_channel_sums(
         raise RuntimeError("numba is not available (pip install numba)")
     if kernel is not None:
         scale32 = np.float32(scale if quantize else 1.0)
-        kernel(x, scale32, quantize, sums, qsums if quantize else sums)
+        kernel(x, scale32, quantize, sums, qsums if quantize else sums, lo, hi)
         return
     # NumPy: blocks of ~1M values along P bound the temporary.
     step = max(1, (1 << 20) // max(1, x.shape[1] * x.shape[2]))
@@ -215,6 +221,6 @@ def add_channel_sums(
         if quantize:
             q = _buffer("quantized", block.shape, np.float32)
             np.divide(block, np.float32(scale), out=q)
-            np.clip(q, np.float32(-128), np.float32(127), out=q)
+            np.clip(q, lo, hi, out=q)
             np.rint(q, out=q)
             qsums += q.sum(axis=(0, 2), dtype=np.float64)

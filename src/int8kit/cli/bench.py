@@ -48,6 +48,16 @@ def print_bench(result: dict, out=None) -> None:
     have = [f for f, on in cpu["flags"].items() if on] or ["none"]
     p(f"CPU: {cpu['model']}; integer features: {', '.join(have)}")
     p(f"  {cpu['int8_note']}")
+    from int8kit.onnx.targets import cpu_has_vnni
+
+    p(
+        "  VNNI: "
+        + (
+            "yes (int8 dot products: --target ort-cpu needs no reduce range)"
+            if cpu_has_vnni(cpu)
+            else "no (--target ort-cpu uses reduce range: 7-bit weights)"
+        )
+    )
     p(f"ONNX Runtime {result['onnxruntime']}, threads {result['config']['threads'] or 'default'}")
     p(
         f"  {'model':<40} {'batch':>5} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} "
@@ -64,6 +74,11 @@ def print_bench(result: dict, out=None) -> None:
             f"{r['p99_ms']:>9.3f} {r['throughput']:>10.1f} "
             + (f"{x:>7.2f}x" if x is not None else f"{'':>8}")
         )
+    first = result["config"]["models"][0]
+    for batch, by_model in result["speedup"].items():
+        for model, x in by_model.items():
+            if model != first:
+                p(f"speedup of {model} over {first} at batch {batch}: {x:.2f}x")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
+
 from int8kit.analysis.fidelity import failure
 from int8kit.calib.cache import ALGORITHMS, DEFAULT_VERSION
 from int8kit.cli.dataargs import CONFIG_FLAGS, add_data_args, data_config, flag_error
@@ -11,6 +13,7 @@ from int8kit.cli.eval import fmt
 from int8kit.errors import Int8kitError
 from int8kit.fileio import check_outputs
 from int8kit.onnx.placement import PlacementConfig
+from int8kit.onnx.targets import TARGETS
 from int8kit.workflow import ALL_METHODS
 
 
@@ -71,6 +74,22 @@ def register(sub) -> None:
         help="also write OUT-stem.calib.cache for TensorRT 8.6-10 implicit INT8 (trtexec "
         "--calib); calibrates every tensor, 2-3x the work of the Q/DQ tensors alone",
     )
+    g = p.add_argument_group("target")
+    g.add_argument(
+        "--target",
+        default="tensorrt",
+        choices=TARGETS,
+        help="where the INT8 model runs: tensorrt (default: int8 activations, symmetric) or "
+        "ort-cpu (ONNX Runtime on a CPU: uint8 activations with zero points, placement its "
+        "integer kernels fuse, fidelity measured on those kernels)",
+    )
+    g.add_argument(
+        "--reduce-range",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ort-cpu: 7-bit weights, so ONNX Runtime's u8 x s8 products cannot saturate on "
+        "CPUs without VNNI (default: on exactly where the CPU lacks AVX512-VNNI/AVX-VNNI/AMX)",
+    )
     g = p.add_argument_group("placement")
     g.add_argument(
         "--exclude",
@@ -113,6 +132,31 @@ def register(sub) -> None:
         action="store_true",
         help="cross-layer equalization of Conv->(Relu|LeakyRelu|none)->Conv pairs before "
         "calibration (same FP32 function; pairs through Relu6/Clip are skipped and listed)",
+    )
+    g.add_argument(
+        "--smooth-quant",
+        nargs="?",
+        const="auto",
+        default=None,
+        type=_alpha,
+        metavar="ALPHA|auto",
+        help="SmoothQuant before calibration: move activation outliers into the weights of the "
+        "MatMul/Gemm layers reading them (same FP32 function). ALPHA in [0, 1], or auto (the "
+        "default when the flag has no value): per activation, the alpha of 0.3..0.8 (or none) "
+        "with the lowest int8 error of its layers on calibration rows",
+    )
+    g.add_argument(
+        "--adaround",
+        action="store_true",
+        help="learn each int8 weight's rounding (up or down) to keep every layer's output close "
+        "to FP32 on calibration data (AdaRound); opt-in, bounded by --adaround-seconds",
+    )
+    g.add_argument(
+        "--adaround-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="time budget of --adaround, its statistics pass included (default 60)",
     )
     g.add_argument(
         "--explain-rules", action="store_true", help="print the placement rules and exit"
@@ -200,12 +244,17 @@ def build_config(args: argparse.Namespace, write_qdq: bool = True):
             bias_gate=getattr(args, "bias_gate", True),
             bias_stats=getattr(args, "bias_stats", "local"),
             equalize=getattr(args, "equalize", False),
+            smooth_quant=getattr(args, "smooth_quant", None),
+            adaround=getattr(args, "adaround", False),
+            adaround_seconds=getattr(args, "adaround_seconds", 60.0),
             target_sqnr=getattr(args, "target_sqnr", None),
             target_top1=getattr(args, "target_top1", None),
             sensitivity_samples=getattr(args, "sensitivity_samples", 8),
             high_precision=getattr(args, "high_precision", "fp32"),
             keep_io_types=getattr(args, "keep_io_types", True),
             report=getattr(args, "report", None),
+            target=getattr(args, "target", "tensorrt"),
+            reduce_range=getattr(args, "reduce_range", None),
         )
     except ValueError as exc:
         raise flag_error(exc, CONFIG_FLAGS) from exc
@@ -216,8 +265,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.explain_rules:
         from int8kit.onnx.rules import describe
+        from int8kit.onnx.targets import describe_rules
 
-        print(describe())
+        print(describe_rules() if args.target == "ort-cpu" else describe())
         return 0
     config = build_config(args)
     check_outputs(config.input_paths(), {**config.output_paths(), "--json": args.json})
@@ -250,6 +300,9 @@ def summary_dict(result) -> dict:
         "method": result.method,
         "bias_correction": result.bias_correction,
         "equalize": result.equalize,
+        "smooth_quant": result.smooth_quant,
+        "adaround": result.adaround,
+        "target": result.target,
         "config": result.config.to_dict(),
     }
 
@@ -283,6 +336,10 @@ def print_summary(result, out=None) -> None:
         else ""
     )
     p(f"  ranges: {result.tensors_calibrated} tensors{qdq}")
+    if result.target.get("name", "tensorrt") != "tensorrt":
+        p(f"  target {result.target['scheme']}")
+    for warning in result.target.get("warnings", []):
+        p(f"  WARNING: {warning}")
     if "qdq_onnx" in result.outputs and not result.activations_quantized:
         p(
             "  WARNING: nothing was quantized: every compute layer reads the network input or "
@@ -297,6 +354,7 @@ def print_summary(result, out=None) -> None:
         )
         for pair, why in list(eq["skipped"].items())[:3]:
             p(f"    skipped {pair}: {why}")
+    _print_ptq(result, p)
     bc = result.bias_correction
     if bc.get("corrected") or bc.get("dropped"):
         gate = (
@@ -351,8 +409,42 @@ def print_summary(result, out=None) -> None:
                         f"top-5 overlap {fmt(m['topk_overlap'])}",
                     ]
                 p(f"    {backend:9s} {name}: " + ", ".join(parts) + f"   [{label}]")
-    if "qdq_onnx" in result.outputs:
+    if "qdq_onnx" in result.outputs and cfg.target == "tensorrt":
         _print_trtexec(result, p)
+
+
+def _alpha(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected auto or an alpha in [0, 1], got {text!r}")
+    return value
+
+
+def _print_ptq(result, p) -> None:
+    sq = result.smooth_quant
+    if sq:
+        alphas = sorted({d["alpha"] for d in sq["smoothed"].values()})
+        inserted = sum(1 for d in sq["smoothed"].values() if d["where"] == "inserted Mul")
+        p(
+            f"  SmoothQuant ({sq['alpha']}): {len(sq['smoothed'])} activations smoothed "
+            f"(alpha {', '.join(f'{a:g}' for a in alphas) or '-'}; {inserted} by an inserted "
+            f"Mul, the rest folded into their producer), {sq['seconds']:.1f} s"
+        )
+    ada = result.adaround
+    if ada:
+        kept = [n for n, d in ada["layers"].items() if d["kept"]]
+        ratio = [d["adaround"] / d["rtn"] for d in ada["layers"].values() if d["rtn"] > 0]
+        median = f"{np.median(ratio):.3g}" if ratio else "-"
+        p(
+            f"  AdaRound: {len(kept)} of {len(ada['layers']) + len(ada['skipped'])} layers "
+            f"rounded (median layer output error vs nearest rounding x{median}), "
+            f"{ada['seconds']:.1f} s"
+        )
 
 
 def _print_fallback(fb: dict, p) -> None:

@@ -62,6 +62,7 @@ class BiasLayer:
     input: str  # the activation the layer reads in the FP32 model
     input_axis: int  # channel axis of that input (Conv 1, Gemm 1 or 0 with transA, MatMul -1)
     bias_add: str | None = None  # MatMul: name of the Add node holding its bias, if any
+    weight_qmax: int = 127  # placement's WeightQ.qmax (64: 7-bit weights)
 
 
 @dataclass
@@ -101,7 +102,7 @@ def bias_layers(model, placement: Placement) -> tuple[list[BiasLayer], dict[str,
         a = _attrs(node)
         x = node.input[0]
         if node.op_type == "Conv":
-            layers.append(BiasLayer(name, "Conv", wq.initializer, wq.axis, x, 1))
+            layers.append(BiasLayer(name, "Conv", wq.initializer, wq.axis, x, 1, None, wq.qmax))
         elif node.op_type == "Gemm":
             if len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
                 skipped[name] = "Gemm bias C is not a constant"
@@ -109,14 +110,18 @@ def bias_layers(model, placement: Placement) -> tuple[list[BiasLayer], dict[str,
                 skipped[name] = "Gemm with beta 0"
             else:
                 axis = 0 if a.get("transA", 0) else 1
-                layers.append(BiasLayer(name, "Gemm", wq.initializer, wq.axis, x, axis))
+                layers.append(
+                    BiasLayer(name, "Gemm", wq.initializer, wq.axis, x, axis, None, wq.qmax)
+                )
         elif node.op_type == "MatMul":
             w = next(i for i in graph.initializer if i.name == wq.initializer)
             if len(w.dims) != 2:
                 skipped[name] = f"MatMul weight of rank {len(w.dims)}"
                 continue
             add = _bias_add_after(graph, node, consumers, inits)
-            layers.append(BiasLayer(name, "MatMul", wq.initializer, wq.axis, x, -1, add))
+            layers.append(
+                BiasLayer(name, "MatMul", wq.initializer, wq.axis, x, -1, add, wq.qmax)
+            )
         else:
             skipped[name] = f"{node.op_type} is not corrected"
     return layers, skipped
@@ -254,10 +259,12 @@ def _means_parts(model, layers, batches, amax, sizes):
     threads = 0 if fast else _ort_threads()
     session = make_session(expose(model, exposed), optimize=not has_qdq, threads=threads)
     feeds = {i.name for i in session.get_inputs()}
-    scales = {
-        name: np.float32(safe_amax(amax[fp32]) / 127.0) if amax and fp32 in amax else None
+    # amax values: a float (int8, symmetric) or an onnx.targets.ActQuant (uint8, zero point)
+    quantizer = {
+        name: _quantizer(amax[fp32]) if amax and fp32 in amax else (None, None)
         for name, (fp32, _) in read.items()
     }
+    scales = {name: q[0] for name, q in quantizer.items()}
     sums: list[dict[str, np.ndarray]] = [{} for _ in sizes]
     qsums: list[dict[str, np.ndarray]] = [{} for _ in sizes]
     counts = [dict.fromkeys(names, 0) for _ in sizes]
@@ -302,12 +309,13 @@ def _means_parts(model, layers, batches, amax, sizes):
             if name not in sums_p:
                 sums_p[name] = np.zeros(x.shape[1])
                 qsums_p[name] = np.zeros(x.shape[1])
-            add_channel_sums(x, scale, sums_p[name], qsums_p[name])
+            bounds = quantizer[name][1] or (-128.0, 127.0)
+            add_channel_sums(x, scale, sums_p[name], qsums_p[name], bounds=bounds)
             counts_p[name] += x.shape[0] * x.shape[2] + extra
             if extra and c:  # the padding's constant, ``extra`` times in every channel
                 sums_p[name] += float(c) * extra
                 if scale is not None:
-                    qsums_p[name] += float(np.rint(np.clip(c / scale, -128, 127))) * extra
+                    qsums_p[name] += float(np.rint(np.clip(c / scale, *bounds))) * extra
     results = []
     for sums_p, qsums_p, counts_p in zip(sums, qsums, counts, strict=True):
         plain = {read[n][0]: sums_p[n] / counts_p[n] for n in sums_p}
@@ -321,6 +329,14 @@ def _means_parts(model, layers, batches, amax, sizes):
             }
         results.append((plain, quantized))
     return results
+
+
+def _quantizer(value) -> tuple[np.float32, tuple[float, float]]:
+    """(scale, clamp bounds of rint(x / scale)) of an activation's quantizer: an amax (int8,
+    symmetric) or an onnx.targets.ActQuant (uint8: bounds -zp .. 255 - zp)."""
+    if isinstance(value, (int, float, np.floating)):
+        return np.float32(safe_amax(float(value)) / 127.0), (-128.0, 127.0)
+    return np.float32(value.scale), (float(value.qmin), float(value.qmax))
 
 
 def _expected(op: BiasLayer, w: np.ndarray, m: np.ndarray, attrs: dict) -> np.ndarray:
@@ -373,7 +389,7 @@ def correct_biases(
         node = nodes[layer.node]
         attrs = _attrs(node)
         w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
-        wq = dequantized_weight(w, layer.weight_axis)
+        wq = dequantized_weight(w, layer.weight_axis, qmax=layer.weight_qmax)
         try:
             delta = _expected(layer, w.astype(np.float64), m, attrs) - _expected(
                 layer, wq.astype(np.float64), mq, attrs

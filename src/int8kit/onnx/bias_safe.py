@@ -86,7 +86,7 @@ def layer_shifts(
         if m is None or mq is None:
             continue
         w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
-        wq = dequantized_weight(w, layer.weight_axis).astype(np.float64)
+        wq = dequantized_weight(w, layer.weight_axis, qmax=layer.weight_qmax).astype(np.float64)
         attrs = _attrs(nodes[layer.node])
         try:
             out[layer.node] = _expected(layer, w.astype(np.float64), m, attrs) - _expected(

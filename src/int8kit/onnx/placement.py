@@ -60,6 +60,7 @@ class PlacementConfig:
 class WeightQ:
     initializer: str
     axis: int
+    qmax: int = 127  # symmetric int8 [-qmax, qmax]; 64: 7-bit ("reduce range", onnx/targets.py)
 
 
 @dataclass
@@ -71,6 +72,9 @@ class Placement:
     weights: dict[tuple[str, int], WeightQ] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)  # tensor -> why (first rule that hit)
     kept_float: dict[str, str] = field(default_factory=dict)  # node -> why it is not quantized
+    # tensor -> tensor whose quantization parameters it shares (the output of an op that only
+    # moves values, so ONNX Runtime drops its DQ/Q: onnx/targets_ort.py)
+    tied: dict[str, str] = field(default_factory=dict)
 
 
 class GraphIndex:

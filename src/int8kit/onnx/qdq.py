@@ -51,22 +51,25 @@ def _ensure_opset(model):
     return version_converter.convert_version(model, MIN_OPSET)
 
 
-def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+def quantize_weight(w: np.ndarray, axis: int, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel symmetric int8 of a weight: (int8 values, float32 scales along ``axis``),
-    scale = max|w| of the channel / 127 — what TensorRT reads from the weight's DequantizeLinear."""
+    scale = max|w| of the channel / 127 — what TensorRT reads from the weight's DequantizeLinear.
+    ``qmax`` 64: 7-bit weights ("reduce range", onnx/targets.py), scale max|w| / 64."""
     w = np.asarray(w, np.float32)
     axis = axis % w.ndim
-    scales = np.array([safe_amax(a) for a in weight_amax(w, axis)], np.float32) / np.float32(127.0)
+    scales = np.array([safe_amax(a) for a in weight_amax(w, axis)], np.float32) / np.float32(qmax)
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.round(w / scales.reshape(shape)), -127, 127).astype(np.int8)
+    q = np.clip(np.round(w / scales.reshape(shape)), -qmax, qmax).astype(np.int8)
     return q, scales
 
 
-def dequantized_weight(w: np.ndarray, axis: int, rounded: np.ndarray | None = None) -> np.ndarray:
+def dequantized_weight(
+    w: np.ndarray, axis: int, rounded: np.ndarray | None = None, qmax: int = 127
+) -> np.ndarray:
     """The float weight the Q/DQ model computes with: quantize_weight's int8 (or ``rounded``,
     int8 values rounded otherwise, e.g. by AdaRound) times its scales."""
-    q, scales = quantize_weight(w, axis)
+    q, scales = quantize_weight(w, axis, qmax)
     q = q if rounded is None else _checked_rounding(rounded, q)
     shape = [1] * q.ndim
     shape[axis % q.ndim] = -1
@@ -107,11 +110,11 @@ def insert_qdq(
         if tensor not in amax:
             summary.skipped_without_range.append(tensor)
             continue
-        scale = np.float32(safe_amax(amax[tensor]) / 127.0)
+        scale, zero_point = activation_qparams(amax[tensor])
         s_name, z_name = fresh(f"{tensor}_scale"), fresh(f"{tensor}_zero_point")
         q_name, dq_name = fresh(f"{tensor}_quantized"), fresh(f"{tensor}_dequantized")
         new_inits.append(numpy_helper.from_array(np.array(scale, np.float32), s_name))
-        new_inits.append(numpy_helper.from_array(np.array(0, np.int8), z_name))
+        new_inits.append(numpy_helper.from_array(zero_point, z_name))
         qdq_after[tensor] = [
             helper.make_node(
                 "QuantizeLinear",
@@ -137,7 +140,7 @@ def insert_qdq(
         if key not in done:
             w = numpy_helper.to_array(inits[wq.initializer]).astype(np.float32)
             axis = wq.axis % w.ndim
-            q, scales = quantize_weight(w, axis)
+            q, scales = quantize_weight(w, axis, getattr(wq, "qmax", 127))
             if rounded and wq.initializer in rounded:
                 q = _checked_rounding(rounded[wq.initializer], q)
             base = f"{wq.initializer}_axis{axis}" if wq.axis != 0 else wq.initializer
@@ -187,6 +190,14 @@ def insert_qdq(
         graph.input.remove(vi)
     _rename_ort_generated(graph, fresh)
     return out, summary
+
+
+def activation_qparams(value) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 scale, zero point) of an activation: ``value`` an amax (int8, symmetric, scale
+    amax/127, zero point 0) or an onnx.targets.ActQuant (uint8 with its zero point)."""
+    if isinstance(value, (int, float, np.floating)):
+        return np.array(safe_amax(float(value)) / 127.0, np.float32), np.array(0, np.int8)
+    return np.array(value.scale, np.float32), np.array(value.zero_point, np.uint8)
 
 
 class _Names:

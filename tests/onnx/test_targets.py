@@ -1,0 +1,169 @@
+"""The ort-cpu target: uint8 activations, ONNX Runtime's integer kernels (onnx/targets.py)."""
+
+import json
+
+import models
+import numpy as np
+import onnx
+import pytest
+import target_models
+from onnx import numpy_helper
+
+from int8kit.cli.main import main
+from int8kit.data import DataConfig
+from int8kit.onnx.targets import cpu_has_vnni, get_target, u8_quant, u8_range
+from int8kit.onnx.targets_ort import integer_ops, plan_ort
+from int8kit.workflow import QuantizeConfig, quantize_onnx
+
+
+@pytest.fixture
+def net(tmp_path):
+    model = models.save(target_models.conv_net(), tmp_path / "net.onnx")
+    data = models.save_npz(tmp_path / "calib.npz", n=10, x=(1, 3, 16, 16))
+    return model, data
+
+
+def _run(model, data, out, **kw):
+    kw = {"holdout": 2, "bias_correction": False, "target": "ort-cpu", **kw}
+    return quantize_onnx(QuantizeConfig(model, str(out), data=DataConfig(data), **kw))
+
+
+def _inits(path):
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
+
+
+def test_onnx_runtime_turns_every_layer_into_an_integer_kernel(net, tmp_path):
+    model, data = net
+    r = _run(model, data, tmp_path / "net.ort.onnx", reduce_range=True)
+    ops = integer_ops(r.outputs["qdq_onnx"])
+    # conv1..3, SiLU as QLinearSigmoid + QLinearMul, Concat, Add, pooling, the Gemm: all integer;
+    # the stem Conv reads the network input and stays float (quantize_input_layers=False).
+    assert ops["integer"] == {
+        "QGemm": 1,
+        "QLinearAdd": 1,
+        "QLinearConcat": 1,
+        "QLinearConv": 3,
+        "QLinearGlobalAveragePool": 1,
+        "QLinearMul": 1,
+        "QLinearSigmoid": 1,
+    }
+    assert ops["float_compute"] == {"Conv": 1} and ops["float_islands"] == 0
+    assert r.target["name"] == "ort-cpu" and not r.target["warnings"]
+    assert set(r.fidelity) == {"ort-int8"}  # the primary (and only) figure: ORT's kernels
+    assert r.fidelity["ort-int8"]["y"]["sqnr_db"] > 25
+
+
+def test_uint8_zero_points_follow_min_max_and_weights_are_7_bit_with_reduce_range(net, tmp_path):
+    model, data = net
+    r = _run(model, data, tmp_path / "a.onnx", reduce_range=True)
+    ranges = json.load(open(r.outputs["ranges"]))["tensors"]
+    inits = _inits(r.outputs["qdq_onnx"])
+    for name in ("r1", "c2", "sg", "silu"):
+        t = ranges[name]
+        u = t["uint8"]
+        lo, hi = min(t["min"], 0.0), max(t["max"], 0.0)
+        assert u["scale"] == pytest.approx((hi - lo) / 255, rel=1e-6)
+        assert u["zero_point"] == int(np.clip(round(-lo / u["scale"]), 0, 255))
+        zp = inits[f"{name}_zero_point"]
+        assert zp.dtype == np.uint8 and int(zp) == u["zero_point"]
+    assert ranges["r1"]["uint8"]["zero_point"] == 0  # a Relu output: the Q does the Relu
+    assert ranges["c2"]["uint8"]["zero_point"] > 0  # signed conv output before SiLU
+    assert ranges["p1"]["uint8"] == ranges["silu"]["uint8"]  # MaxPool: its input's scale
+    w = inits["w2_quantized"]
+    assert w.dtype == np.int8 and np.abs(w).max() == 64  # 7-bit
+    b = inits["b2_int32_quantized"]
+    assert b.dtype == np.int32
+    r2 = _run(model, data, tmp_path / "b.onnx", reduce_range=False)
+    assert np.abs(_inits(r2.outputs["qdq_onnx"])["w2_quantized"]).max() == 127
+
+
+def test_ranges_file_round_trip_reproduces_the_model(net, tmp_path):
+    model, data = net
+    r = _run(model, data, tmp_path / "a.onnx", reduce_range=True)
+    raw = json.load(open(r.outputs["ranges"]))
+    assert raw["config"]["target"] == "ort-cpu" and raw["config"]["reduce_range"] is True
+    assert QuantizeConfig.from_dict(raw["config"]).to_dict() == raw["config"]
+    again = quantize_onnx(
+        QuantizeConfig(
+            model,
+            str(tmp_path / "b.onnx"),
+            ranges=str(r.outputs["ranges"]),
+            holdout=0,
+            bias_correction=False,
+            target="ort-cpu",
+            reduce_range=True,
+        )
+    )
+    a, b = _inits(r.outputs["qdq_onnx"]), _inits(again.outputs["qdq_onnx"])
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    old = dict(raw["config"])
+    del old["target"], old["reduce_range"]
+    assert QuantizeConfig.from_dict(old).target == "tensorrt"
+
+
+def test_u8_ranges_clip_both_sides_at_the_method_threshold():
+    stats = {"min": -3.0, "max": 10.0}
+    assert u8_range(10.0, stats) == (-3.0, 10.0)  # minmax: [min, max]
+    assert u8_range(4.0, stats) == (-3.0, 4.0)  # a clipping threshold cuts the side it reaches
+    assert u8_range(2.0, stats) == (-2.0, 2.0)
+    q = u8_quant(0.0, 5.1)
+    assert q.zero_point == 0 and q.scale == pytest.approx(0.02) and (q.qmin, q.qmax) == (0, 255)
+    assert u8_quant(0.0, 0.0).scale == 1.0
+
+
+def test_bias_correction_models_the_uint8_quantizer(net, tmp_path):
+    from int8kit.onnx.bias import _quantizer
+
+    scale, bounds = _quantizer(u8_quant(-1.0, 4.1))
+    assert bounds == (-50.0, 205.0) and scale == pytest.approx(0.02)
+    model, data = net
+    r = _run(model, data, tmp_path / "bc.onnx", bias_correction=True, bias_gate=False)
+    assert r.bias_correction["corrected"] or r.bias_correction["dropped"]
+    assert r.fidelity["ort-int8"]["y"]["sqnr_db"] > 25
+
+
+def test_bad_input_cache_unknown_target_and_a_model_without_integer_ops(net, tmp_path, capsys):
+    model, data = net
+    argv = ["quantize", model, "--calib", data, "-o", str(tmp_path / "c.onnx"), "--cache"]
+    assert main([*argv, "--target", "ort-cpu"]) != 0
+    assert "the calibration cache is TensorRT's" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="known targets: tensorrt, ort-cpu"):
+        get_target("openvino")
+    with pytest.raises(ValueError, match="known targets: tensorrt, ort-cpu"):
+        QuantizeConfig(model, str(tmp_path / "d.onnx"), data=DataConfig(data), target="x")
+    ln = models.save(target_models.layernorm_only(), tmp_path / "ln.onnx")
+    lnd = models.save_npz(tmp_path / "ln.npz", n=6, x=(1, 16))
+    r = _run(ln, lnd, tmp_path / "ln.int8.onnx")
+    (warning,) = r.target["warnings"]
+    assert "no Conv/MatMul/Gemm" in warning and "LayerNormalization" in warning
+    assert r.fidelity["ort-int8"]["y"]["sqnr_db"] > 60  # written, and computes what FP32 does
+
+
+def test_cpu_vnni_detection_from_flags():
+    assert not cpu_has_vnni({"flags": {"avx2": True, "avx512_vnni": False}})
+    assert cpu_has_vnni({"flags": {"avx2": True, "avx_vnni": True}})
+    assert get_target("ort-cpu", reduce_range=False).weight_qmax == 127
+    assert get_target("ort-cpu", reduce_range=True).weight_qmax == 64
+
+
+def test_concat_of_a_float_and_an_int8_branch_stays_float():
+    # The detector-head trap: a Concat whose inputs are not all int8 keeps its inputs float.
+    from onnx import helper
+
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w"], ["c"], name="conv"),
+        n("Sigmoid", ["c"], ["s"], name="sig"),
+        n("Mul", ["c", "k"], ["boxes"], name="scale"),
+        n("Concat", ["boxes", "s"], ["cat"], name="cat", axis=1),
+        n("Relu", ["cat"], ["y"], name="out"),
+    ]
+    inits = [models.weight("w", (2, 3, 1, 1), 1), numpy_helper.from_array(np.float32(640), "k")]
+    m = models.model(
+        nodes, [models.value("x", (1, 3, 4, 4))], [models.value("y", (1, 4, 4, 4))], inits
+    )
+    from int8kit.onnx.placement import PlacementConfig
+
+    p = plan_ort(m, PlacementConfig(quantize_input_layers=True))
+    assert "c" in p.activations and "s" in p.activations  # conv and sigmoid outputs: uint8
+    assert "boxes" not in p.activations and "cat" not in p.activations  # no shared scale
