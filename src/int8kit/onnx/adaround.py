@@ -6,7 +6,7 @@ Per layer with a per-channel int8 weight (Conv with a 2-D kernel, any group coun
 MatMul with a 2-D constant weight), with s the per-channel scale ``quantize_weight`` uses and
 h(V) = clip(sigmoid(V) (zeta - gamma) + gamma, 0, 1) the rectified sigmoid (zeta 1.1, gamma -0.1):
 
-    W~ = s * clip(floor(W / s) + h(V), -127, 127)
+    W~ = s * clip(floor(W / s) + h(V), -127, 127)     (-qmax..qmax for 7-bit weights)
     loss = mean over rows || X_q W~^T - X W^T ||^2 + lambda * sum(1 - |2 h(V) - 1|^beta)
 
 X is the layer's input in the FP32 model, X_q the same fake-quantized with the layer's own input
@@ -69,6 +69,7 @@ class AdaLayer:
     pads: tuple = (0, 0, 0, 0)
     dilations: tuple = (1, 1)
     trans_b: bool = False
+    qmax: int = 127  # int8 weights in [-qmax, qmax] (64: the ort-cpu target's 7-bit weights)
 
 
 @dataclass
@@ -102,7 +103,13 @@ def ada_layers(model, placement: Placement) -> tuple[list[AdaLayer], dict[str, s
             continue
         dims = list(inits[wq.initializer].dims)
         a = _attrs(node)
-        base = dict(node=name, op_type=node.op_type, weight=wq.initializer, axis=wq.axis)
+        base = dict(
+            node=name,
+            op_type=node.op_type,
+            weight=wq.initializer,
+            axis=wq.axis,
+            qmax=int(getattr(wq, "qmax", 127)),
+        )
         if node.op_type == "Conv":
             if len(dims) != 4 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
                 skipped[name] = "only 2-D convolutions with explicit pads"
@@ -172,9 +179,14 @@ def layer_rows(layer: AdaLayer, x: np.ndarray, rng, n_rows: int) -> np.ndarray:
     return patches.reshape(len(pick), layer.groups, -1)
 
 
-def _fake_quant(x: np.ndarray, amax: float) -> np.ndarray:
-    scale = np.float32(safe_amax(amax) / 127.0)
-    return (np.clip(np.rint(x / scale), -128, 127) * scale).astype(np.float32)
+def _fake_quant(x: np.ndarray, amax) -> np.ndarray:
+    """``x`` as the Q/DQ pair computes it: int8 with scale amax/127, or, for a range with a
+    ``scale`` and ``zero_point`` (the ort-cpu target's uint8), that."""
+    if isinstance(amax, (int, float, np.floating)):
+        scale = np.float32(safe_amax(float(amax)) / 127.0)
+        return (np.clip(np.rint(x / scale), -128, 127) * scale).astype(np.float32)
+    scale, zp = np.float32(amax.scale), np.float32(amax.zero_point)
+    return ((np.clip(np.rint(x / scale) + zp, 0, 255) - zp) * scale).astype(np.float32)
 
 
 def gram_stats(
@@ -242,9 +254,10 @@ def learn_rounding(
     reg: float = 0.01,
     lr: float = 1e-2,
     warmup: float = 0.2,
+    qmax: int = 127,
 ) -> np.ndarray:
     """The learned rounding of ``w`` (g, N, K) with per-output scales ``scale`` (g, N, 1): int
-    values floor(w / scale) + {0, 1}, clipped to [-127, 127]. Adam on V with the gradient in
+    values floor(w / scale) + {0, 1}, clipped to [-qmax, qmax]. Adam on V with the gradient in
     closed form (the loss is a quadratic of the soft weights plus the regulariser)."""
     f32 = np.float32
     w, scale = w.astype(f32), scale.astype(f32)
@@ -262,9 +275,9 @@ def learn_rounding(
         pre = sig * f32(ZETA - GAMMA) + f32(GAMMA)
         hv = np.clip(pre, 0, 1)
         u = floor + hv
-        d = scale * np.clip(u, -127, 127) - w
-        # d(loss)/d(hv): the quadratic's gradient (H symmetric) through the clip to [-127, 127]
-        g = 2 * (d @ hm + wc) * scale * ((u >= -127) & (u <= 127))
+        d = scale * np.clip(u, -qmax, qmax) - w
+        # d(loss)/d(hv): the quadratic's gradient (H symmetric) through the clip to [-qmax, qmax]
+        g = 2 * (d @ hm + wc) * scale * ((u >= -qmax) & (u <= qmax))
         if it >= start:
             beta = _beta((it - start) / max(1, iters - start))
             t = 2 * hv - 1
@@ -275,7 +288,7 @@ def learn_rounding(
         k = it + 1
         v = v - f32(lr) * (m1 / (1 - b1**k)) / (np.sqrt(m2 / (1 - b2**k)) + f32(eps))
     up = np.clip(1 / (1 + np.exp(-v)) * (ZETA - GAMMA) + GAMMA, 0, 1) >= 0.5
-    return np.clip(floor + up, -127, 127)
+    return np.clip(floor + up, -qmax, qmax)
 
 
 def adaround(
@@ -303,7 +316,8 @@ def adaround(
     for k, layer in enumerate(todo):
         h, c, _, rows = stats[layer.node]
         w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
-        q_rtn, scales = quantize_weight(w, layer.axis)
+        qmax = [layer.qmax] if layer.qmax != 127 else []  # the ort-cpu target's 7-bit weights
+        q_rtn, scales = quantize_weight(w, layer.axis, *qmax)
         shape = [1] * w.ndim
         shape[layer.axis % w.ndim] = -1
         sg = to_groups(layer, np.broadcast_to(scales.reshape(shape), w.shape))[..., :1]
@@ -312,13 +326,13 @@ def adaround(
         left = seconds - (time.perf_counter() - t0)
         share = left / (len(todo) - k)
         t1 = time.perf_counter()
-        learn_rounding(wg, sg, h, c, rows, 5)
+        learn_rounding(wg, sg, h, c, rows, 5, qmax=layer.qmax)
         per_iter = (time.perf_counter() - t1) / 5
         iters = int(min(max_iters, (share - 5 * per_iter) / max(per_iter, 1e-6)))
         if iters < min_iters:
             summary.skipped[layer.node] = f"time budget spent ({seconds:g} s)"
             continue
-        qg = learn_rounding(wg, sg, h, c, rows, iters)
+        qg = learn_rounding(wg, sg, h, c, rows, iters, qmax=layer.qmax)
         st = stats[layer.node]
         rtn = output_error(to_groups(layer, q_rtn.astype(np.float32)) * sg - wg, wg, st)
         ada = output_error(qg * sg - wg, wg, st)

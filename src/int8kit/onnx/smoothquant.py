@@ -19,8 +19,10 @@ layer outputs are closest to FP32 on rows sampled from the calibration data, wit
 activation scale minmax gives (max|X_j / s_j| over j) and per-channel int8 weights. A float alpha
 smooths every eligible activation with it.
 
-Cost: one FP32 ONNX Runtime pass over ``batches`` with the smoothed activations exposed (per
-channel max |x| and a few hundred sampled rows kept per tensor), then a small NumPy grid search.
+Cost: one FP32 ONNX Runtime pass over ``batches`` (every sample, see DEFAULT_SAMPLES) with
+the smoothed activations exposed (per-channel max |x| and a few hundred sampled rows kept per
+tensor), then a small NumPy grid search; the Q/DQ ranges are then calibrated as usual on the
+smoothed model, over every calibration sample.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ log = logging.getLogger(__name__)
 
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 SAMPLE_ROWS = 256  # rows per activation kept for the alpha search
+# Channel maxima from every calibration sample: on MiniLM, maxima from the first 32 of 128
+# samples give cosine 0.9971 where all 128 give 0.9989 (the calibrated per-tensor range of X / s
+# is set by the channel whose max the subset underestimated).
+DEFAULT_SAMPLES = None
 _MIN_SCALE, _MAX_SCALE = 1e-5, 1e5
 
 
@@ -362,10 +368,13 @@ def smooth_quant(
     batches: Iterable[dict[str, np.ndarray]],
     alpha: float | str = "auto",
     exclude: Iterable[str] = (),
+    max_samples: int | None = DEFAULT_SAMPLES,
 ):
     """(smoothed copy of ``model``, SmoothSummary). ``alpha``: a float in [0, 1], or "auto" (per
     activation, the best of ALPHAS or no smoothing, by the quantized layers' output error).
-    ``exclude``: node names of layers to leave alone (e.g. those kept float)."""
+    ``exclude``: node names of layers to leave alone (e.g. those kept float).
+    ``max_samples``: the statistics use the first that many samples of ``batches`` (None: all);
+    the Q/DQ ranges are calibrated afterwards on every sample of the smoothed model."""
     t0 = time.perf_counter()
     if alpha != "auto" and not (isinstance(alpha, (int, float)) and 0 <= float(alpha) <= 1):
         raise ValueError(f"SmoothQuant alpha must be in [0, 1] or 'auto', got {alpha!r}")
@@ -382,7 +391,9 @@ def smooth_quant(
     if not groups:
         summary.seconds = time.perf_counter() - t0
         return model, summary
-    stats = channel_stats(model, groups, batches)
+    from int8kit.onnx.bias import take_samples
+
+    stats = channel_stats(model, groups, take_samples(batches, max_samples))
     inits = {i.name: i for i in model.graph.initializer}
     scales: dict[str, np.ndarray] = {}
     info: dict[str, dict] = {}
