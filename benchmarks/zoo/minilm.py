@@ -119,7 +119,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def _sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     noise = float(np.sum((ref.astype(np.float64) - test) ** 2))
     signal = float(np.sum(ref.astype(np.float64) ** 2))
-    return float("inf") if noise == 0 else 10.0 * np.log10(signal / noise)
+    return float("inf") if noise == 0 else float(10.0 * np.log10(signal / noise))
 
 
 def _nearest(emb: np.ndarray) -> np.ndarray:
