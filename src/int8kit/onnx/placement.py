@@ -233,7 +233,8 @@ def input_layers(index: GraphIndex) -> list[str]:
     """Names of the Conv/Gemm/MatMul nodes that read the network input, directly or through
     ops without weights (a Transpose, a Div by 255, a Pad): the first layers of every path.
     Only float inputs count (token ids and attention masks are no grid of signal levels), and the
-    walk stops at rules.TRANSFORMER_FLOAT ops (an embedding Gather, a LayerNorm, a Softmax)."""
+    walk stops at Shape and at rules.TRANSFORMER_FLOAT ops (an embedding Gather, a LayerNorm, a
+    Softmax)."""
     graph_inputs = [
         i.name
         for i in index.graph.input
@@ -249,8 +250,8 @@ def input_layers(index: GraphIndex) -> list[str]:
                 if node.name not in found:
                     found.append(node.name)
                 continue
-            if node.op_type in R.TRANSFORMER_FLOAT:
-                continue
+            if node.op_type in R.TRANSFORMER_FLOAT or node.op_type in ("Shape", "Size"):
+                continue  # a shape carries no input levels: a Reshape it sizes is no input layer
             for o in node.output:
                 if o and o not in seen:
                     seen.add(o)
