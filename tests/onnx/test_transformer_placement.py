@@ -88,7 +88,8 @@ def test_int8_block_close_to_fp32_and_ort_loads_it_optimized():
     amax = {}
     p = plan(m, PlacementConfig(quantize_input_layers=False))
     for batch in calib:
-        for name, out in zip(p.activations, _run_tensors(m, list(p.activations), batch)):
+        outs = _run_tensors(m, list(p.activations), batch)
+        for name, out in zip(p.activations, outs, strict=True):
             amax[name] = max(amax.get(name, 0.0), float(np.abs(out).max()))
     q, _ = insert_qdq(m, p, amax)
     held = [{k: v[16:] for k, v in data.items()}]
@@ -171,3 +172,31 @@ def test_a_model_that_fails_at_run_time_is_reported():
     result = compare_models(make_session(fp32), open_sessions(bad, ("trt-like", "ort-int8")), feed)
     for backend in ("trt-like", "ort-int8"):
         assert failure(result[backend]).startswith("ONNX Runtime could not run the model")
+
+
+def test_lint_flags_the_mask_qdq_of_onnx_runtimes_quantizer(tmp_path):
+    q = pytest.importorskip("onnxruntime.quantization")
+    onnx.save(attention_block(-3.4e38), tmp_path / "fp32.onnx")
+    data = attention_data(n=4)
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{k: v[i : i + 1] for k, v in data.items()} for i in range(4)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    q.quantize_static(
+        str(tmp_path / "fp32.onnx"),
+        str(tmp_path / "ort.onnx"),
+        Reader(),
+        quant_format=q.QuantFormat.QDQ,
+        activation_type=q.QuantType.QInt8,
+        weight_type=q.QuantType.QInt8,
+        per_channel=True,
+        extra_options={"ActivationSymmetric": True},
+    )
+    flagged = {
+        t for f in lint(str(tmp_path / "ort.onnx")) if f.code == "qdq-on-mask" for t in f.tensors
+    }
+    assert "neg" in flagged  # ORT puts a Q/DQ with a ±3.4e38 range on the mask

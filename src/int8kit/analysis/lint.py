@@ -306,7 +306,9 @@ def _masks(g: _Graph) -> list[Finding]:
         if node.op_type == "QuantizeLinear":
             tensor = node.input[0]
         elif node.op_type == "DequantizeLinear" and g.index.is_constant(node.input[0]):
-            tensor = node.output[0]  # a mask constant stored as int8
+            tensor = node.output[0]  # a mask constant stored as int8 (not a layer's weight)
+            if any(n.op_type in R.COMPUTE_OPS for n, _ in g.index.consumers.get(tensor, [])):
+                continue
         else:
             continue
         if not mask_path(g.index, tensor):
