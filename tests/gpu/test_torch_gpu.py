@@ -28,7 +28,14 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def test_gpu_histogram_equals_cpu_numpy_histogram():
+BACKENDS = ["torch", "triton"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gpu_histogram_equals_cpu_numpy_histogram(backend, monkeypatch):
+    if backend == "triton":
+        pytest.importorskip("triton")
+    monkeypatch.setenv("INT8KIT_TORCH_HIST", backend)
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(100_000, generator=g) * s for s in (0.0, 1.0, 4.0, 0.3, 50.0)]
     xs[1][:5] = torch.tensor([float("nan")] * 3 + [float("inf"), -float("inf")])
@@ -41,6 +48,35 @@ def test_gpu_histogram_equals_cpu_numpy_histogram():
     assert gpu.stats.to_dict() == cpu.stats.to_dict()
     for method in ("entropy", "percentile", "mse", "minmax"):
         assert gpu.compute_amax(method) == cpu.compute_amax(method)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hot_bins_and_growth_equal_numpy(backend, monkeypatch):
+    """ReLU6-like data (a third zeros, a spike at the range's upper edge), 2**24+ values in one
+    bin, and growth past the Triton kernel's bin limit: the same counts as numpy."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    monkeypatch.setenv("INT8KIT_TORCH_HIST", backend)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(40_000_000, generator=g) * 6.0
+    x[:18_000_000] = 0.0
+    x[18_000_000:19_000_000] = 6.0
+    gpu, cpu = iq.TorchHistogramCollector(2048), HistogramCollector(2048)
+    for batch in (x, x[:1_000_000] * 3.0, x[:1_000_000] * 7.0):
+        gpu.collect(batch.cuda())
+        cpu.collect(batch.numpy())
+    assert cpu.counts.size > 8192 and cpu.counts[0] > 2**24
+    np.testing.assert_array_equal(gpu.counts, cpu.counts)
+    assert gpu.compute_amax("entropy") == cpu.compute_amax("entropy")
+
+
+def test_collect_does_not_wait_for_the_histogram():
+    """One host read per batch (min and max); the counts stay on the GPU until read."""
+    c = iq.TorchHistogramCollector(2048)
+    x = torch.randn(1_000_000, device="cuda")
+    c.collect(x)
+    assert c._device_counts is not None and c._counts.sum() == 0
+    assert c.counts.sum() == x.numel() and c._device_counts is None
 
 
 def test_model_calibration_on_cuda_matches_cpu():

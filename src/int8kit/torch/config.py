@@ -36,6 +36,9 @@ class QuantConfig:
         in float.
     op_types: which module kinds get quantizers (a subset of OP_TYPES).
     per_channel: weights per output channel (True) or one amax per tensor.
+    distributed: under torch.distributed (an initialised process group), reduce the calibration
+        statistics across ranks so that every rank gets the amax of one process that saw every
+        rank's data (False: each rank keeps the ranges of its own data).
     """
 
     method: str = "entropy"
@@ -44,6 +47,7 @@ class QuantConfig:
     exclude: list[str] = field(default_factory=list)
     op_types: list[str] = field(default_factory=lambda: list(OP_TYPES))
     per_channel: bool = True
+    distributed: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -75,6 +79,7 @@ class QuantConfig:
                 f"QuantConfig.op_types {unknown} are unknown; choose from {', '.join(OP_TYPES)}"
             )
         self.per_channel = bool(self.per_channel)
+        self.distributed = bool(self.distributed)
 
     def excluded(self, name: str) -> bool:
         """True when the module called ``name`` matches one of the exclude patterns."""

@@ -28,6 +28,7 @@ from torch import nn
 from int8kit._deps import require
 from int8kit.calib.cache import CalibrationCache
 from int8kit.fileio import atomic_path, write_json
+from int8kit.torch import distributed
 from int8kit.torch.quantize import get_config, quantizers, set_mode
 
 
@@ -129,11 +130,20 @@ def export_onnx(
     write_fp32: bool = True,
 ) -> dict[str, str]:
     """Write the Q/DQ ONNX at ``path`` (atomically), its ranges JSON and, with ``write_fp32``,
-    the FP32 ONNX and its TensorRT calibration cache. Returns {kind: path} of what was written."""
+    the FP32 ONNX and its TensorRT calibration cache. Returns {kind: path} of what was written.
+
+    Under torch.distributed only rank 0 writes (the others return the same paths and write
+    nothing; no collective, so calling it on rank 0 alone is fine too). A model wrapped in
+    DistributedDataParallel is exported as its ``.module``.
+    """
     onnx = require("onnx", "ONNX export")
     if opset < 13:
         raise ValueError(f"opset {opset} is too old: per-channel Q/DQ needs opset >= 13")
+    qmodel = getattr(qmodel, "module", qmodel) if _is_ddp(qmodel) else qmodel
     paths = output_paths(path)
+    if not distributed.is_main():
+        kinds = ["onnx", "ranges"] + (["fp32", "cache"] if write_fp32 else [])
+        return {k: str(paths[k]) for k in kinds}
     active = list(quantizers(qmodel))
     missing = [n for n, q in active if not q.is_weight and not q.has_amax]
     if missing:
@@ -188,6 +198,10 @@ def export_onnx(
         CalibrationCache(scales=scales).write(paths["cache"])
         written["cache"] = str(paths["cache"])
     return written
+
+
+def _is_ddp(model: nn.Module) -> bool:
+    return isinstance(model, nn.parallel.DistributedDataParallel)
 
 
 def _refresh_weight_amax(model: nn.Module) -> None:

@@ -27,7 +27,17 @@ def prepare_qat(
         export); pairs come from the calibration pass or from one forward of ``example_input``.
     freeze_bn: keep the BatchNorms that are not folded on their running statistics.
     learn_amax: make every activation amax a trainable parameter (LSQ-style gradient).
+
+    For DistributedDataParallel, call this on every rank before wrapping the model (it adds
+    parameters, and DDP registers parameters when it wraps): learned amax are then parameters
+    whose gradients DDP averages, other amax are buffers it broadcasts from rank 0, and the
+    folded weights are the same on every rank (calibrated amax and BN statistics are).
     """
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        raise ValueError(
+            "prepare_qat got a DistributedDataParallel model: call prepare_qat on the model "
+            "first, then wrap it in DistributedDataParallel (it adds parameters)"
+        )
     if fold_bn:
         if example_input is not None:
             pairs = batchnorm.find_conv_bn_pairs(model, example_input)
@@ -101,7 +111,8 @@ def finetune(
     """Fine-tune a quantized model to match an FP32 teacher's outputs on unlabelled inputs.
 
     ``data`` yields input tensors (or tuples/dicts whose first item is the input); it is cycled
-    until ``steps`` optimizer steps ran. ``teacher`` defaults to a copy of ``qmodel`` with its
+    until ``steps`` optimizer steps ran. ``qmodel`` may be wrapped in DistributedDataParallel
+    (each rank passes its own shard and the same ``steps``). ``teacher`` defaults to a copy of ``qmodel`` with its
     quantizers off, taken before training (with BN folded it computes what the FP32 model does).
     The student runs in eval mode: BatchNorm keeps its running statistics and dropout is off,
     which suits a short fine-tune on few images. Adam; learned amax get ``amax_lr`` (default
@@ -111,7 +122,9 @@ def finetune(
     if steps <= 0:
         return {"steps": 0, "loss_first": math.nan, "loss_last": math.nan}
     if teacher is None:
-        teacher = copy.deepcopy(qmodel)
+        # A DistributedDataParallel model: copy the module it wraps (the teacher needs no DDP).
+        ddp = isinstance(qmodel, nn.parallel.DistributedDataParallel)
+        teacher = copy.deepcopy(qmodel.module if ddp else qmodel)
         set_mode(teacher, "off")
     teacher.eval()
     for p in teacher.parameters():

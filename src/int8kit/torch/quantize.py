@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from int8kit.torch import batchnorm
+from int8kit.torch import batchnorm, distributed
 from int8kit.torch.config import QuantConfig
 from int8kit.torch.modules import QuantAdd, convert, match_rule
 from int8kit.torch.quantizer import MODES, TensorQuantizer
@@ -107,7 +107,19 @@ def quantize(
 
 
 def load_amax(model: nn.Module) -> dict[str, float]:
-    """After running a model in mode "calibrate" yourself: compute every amax, switch to quantize."""
+    """After running a model in mode "calibrate" yourself: compute every amax, switch to quantize.
+
+    Under torch.distributed (a process group is initialised and ``QuantConfig.distributed``),
+    every rank must call this: the ranks' statistics are reduced first
+    (`int8kit.torch.distributed`), so every rank gets the amax of one process that saw all data.
+    """
+    config = get_config(model)
+    if distributed.active() and (config is None or config.distributed):
+        distributed.reduce_collectors(
+            (n, q.collector)
+            for n, q in quantizers(model)
+            if not q.is_weight and q.collector is not None
+        )
     active = [(n, q) for n, q in quantizers(model) if not q.is_weight]
     unused = [(n, q) for n, q in active if q.collector is None or q.collector.stats.count == 0]
     if active and len(unused) == len(active):

@@ -13,6 +13,7 @@ from torch import nn
 
 from int8kit.errors import ModelError
 from int8kit.fileio import write_json
+from int8kit.torch import distributed
 from int8kit.torch.config import QuantConfig
 from int8kit.torch.export import export_onnx, output_paths
 from int8kit.torch.qat import finetune, prepare_qat
@@ -57,25 +58,41 @@ def quantize_to_onnx(
 ) -> dict:
     """Calibrate ``model`` on ``batches()``; with ``qat_epochs`` fold BN and fine-tune by
     distillation from the FP32 model over the same batches; export. Returns a summary that is
-    also written next to the outputs as ``<stem>.torch.json``."""
+    also written next to the outputs as ``<stem>.torch.json``. Batches go to the model's device.
+
+    Under torch.distributed (torchrun) each rank passes its own shard as ``batches``: the
+    calibration statistics are reduced across ranks, QAT runs in DistributedDataParallel with
+    the same number of steps on every rank (the smallest shard's), and rank 0 writes the files.
+    """
     config = config or QuantConfig()
     model.eval()
+    device = next(model.parameters()).device
     teacher = copy.deepcopy(model) if qat_epochs else None
     t0 = time.perf_counter()
-    quantize(model, config, forward_loop=lambda m: [m(x) for x in batches()])
+    quantize(model, config, forward_loop=lambda m: [m(x.to(device)) for x in batches()])
     summary: dict = {"config": config.to_dict(), "calibration_s": time.perf_counter() - t0}
+    world = distributed.world_size()
+    if world > 1:
+        summary["world_size"] = world
     if qat_epochs:
         prepare_qat(model, fold_bn=True)
         data = list(batches()) if qat_epochs else []
+        steps = qat_epochs * distributed.shard_sizes_min(len(data))
+        student = model
+        if world > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            student = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         t0 = time.perf_counter()
-        summary["qat"] = finetune(model, data, steps=qat_epochs * len(data), lr=lr, teacher=teacher)
+        summary["qat"] = finetune(student, data, steps=steps, lr=lr, teacher=teacher)
         summary["qat"]["epochs"] = qat_epochs
         summary["qat_s"] = time.perf_counter() - t0
     set_mode(model, "quantize")
+    example_input = example_input.to(device)
     summary["outputs"] = export_onnx(model, example_input, output, opset=opset)
     side = output_paths(output)["ranges"].with_name(
         output_paths(output)["ranges"].name.replace(".ranges.json", ".torch.json")
     )
-    write_json(side, summary)
+    if distributed.is_main():
+        write_json(side, summary)
     summary["outputs"]["summary"] = str(side)
     return summary
