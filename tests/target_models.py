@@ -63,3 +63,21 @@ def layernorm_only():
         numpy_helper.from_array(np.zeros(16, np.float32), "b"),
     ]
     return model(nodes, [value("x", ("N", 16))], [value("y", ("N", 16))], inits, "ln")
+
+
+def pad_conv():
+    """x(N,4,8,8) -> Conv-Relu -> Pad (TF "same" padding, pads computed by Constant -> Cast as
+    exporters write them) -> depthwise Conv stride 2 -> Relu -> y."""
+    n = helper.make_node
+    pads = np.array([0, 0, 0, 0, 0, 0, 1, 1], np.float32)
+    nodes = [
+        n("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        n("Relu", ["c0"], ["r0"], name="relu0"),
+        n("Constant", [], ["pf"], name="padsf", value=numpy_helper.from_array(pads)),
+        n("Cast", ["pf"], ["pads"], name="cast", to=7),
+        n("Pad", ["r0", "pads"], ["p"], name="pad", mode="constant"),
+        n("Conv", ["p", "w1"], ["d"], name="dw", group=4, kernel_shape=[3, 3], strides=[2, 2]),
+        n("Relu", ["d"], ["y"], name="relu1"),
+    ]
+    inits = [weight("w0", (4, 4, 3, 3), 6), weight("w1", (4, 1, 3, 3), 7)]
+    return model(nodes, [value("x", ("N", 4, 8, 8))], [value("y", ("N", 4, 4, 4))], inits, "pad")

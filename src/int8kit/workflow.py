@@ -393,6 +393,9 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     target = get_target(config.target, config.reduce_range)
     config.reduce_range = target.reduce_range if target.name != "tensorrt" else None
     result.target = {"name": target.name, "scheme": target.describe(), "warnings": []}
+    if config.write_qdq:
+        model, prepared = target.prepare(model)  # same function (ort-cpu: Pads into Convs)
+        result.target.update(prepared)
     placement = target.plan(model, config.placement) if config.write_qdq else None
     if placement is not None and target.placement == "ort":
         from int8kit.onnx.targets_ort import integer_warning

@@ -11,6 +11,7 @@ from onnx import numpy_helper
 
 from int8kit.cli.main import main
 from int8kit.data import DataConfig
+from int8kit.onnx.placement import PlacementConfig
 from int8kit.onnx.targets import cpu_has_vnni, get_target, u8_quant, u8_range
 from int8kit.onnx.targets_ort import integer_ops, plan_ort
 from int8kit.workflow import QuantizeConfig, quantize_onnx
@@ -162,8 +163,30 @@ def test_concat_of_a_float_and_an_int8_branch_stays_float():
     m = models.model(
         nodes, [models.value("x", (1, 3, 4, 4))], [models.value("y", (1, 4, 4, 4))], inits
     )
-    from int8kit.onnx.placement import PlacementConfig
-
     p = plan_ort(m, PlacementConfig(quantize_input_layers=True))
     assert "c" in p.activations and "s" in p.activations  # conv and sigmoid outputs: uint8
     assert "boxes" not in p.activations and "cat" not in p.activations  # no shared scale
+
+
+def test_zero_pads_are_folded_into_the_conv_so_no_float_island_is_left(tmp_path):
+    import onnxruntime as ort
+
+    from int8kit.onnx.targets_ort import fold_pads
+
+    m = target_models.pad_conv()
+    folded, n = fold_pads(m)
+    assert n == 1 and [x.op_type for x in folded.graph.node] == ["Conv", "Relu", "Conv", "Relu"]
+    dw = folded.graph.node[2]
+    assert [list(a.ints) for a in dw.attribute if a.name == "pads"] == [[0, 0, 1, 1]]
+    x = np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    run = lambda mm: ort.InferenceSession(mm.SerializeToString()).run(None, {"x": x})[0]  # noqa: E731
+    np.testing.assert_array_equal(run(m), run(folded))
+    path = models.save(m, tmp_path / "pad.onnx")
+    data = models.save_npz(tmp_path / "pad.npz", n=6, x=(1, 4, 8, 8))
+    everything = PlacementConfig(quantize_input_layers=True)
+    r = _run(path, data, tmp_path / "pad.int8.onnx", placement=everything)
+    assert r.target["pads_folded"] == 1
+    ops = integer_ops(r.outputs["qdq_onnx"])
+    # Both Convs integer; the one DQ left feeds the last Relu (a graph output stays float).
+    assert ops["integer"] == {"QLinearConv": 2} and not ops["float_compute"]
+    assert ops["float_islands"] == 1

@@ -139,6 +139,16 @@ class Target:
             "int32 biases"
         )
 
+    def prepare(self, model):
+        """The FP32 model rewritten for this target, same function (ort: zero Pads folded into
+        the Conv after them). Returns (model, {what: count})."""
+        if self.placement != "ort":
+            return model, {}
+        from int8kit.onnx.targets_ort import fold_pads
+
+        model, folded = fold_pads(model)
+        return model, {"pads_folded": folded}
+
     def plan(self, model, config):
         """The placement of ``model`` for this target (placement.PlacementConfig ``config``)."""
         if self.placement == "ort":

@@ -266,3 +266,105 @@ def integer_warning(model, placement: Placement) -> str | None:
         "The model is written and computes what the FP32 model does (up to the Q/DQ placed), "
         "but it will not run faster than FP32"
     )
+
+
+def fold_pads(model):
+    """Fold each zero constant-mode Pad whose only reader is a Conv into the Conv's ``pads``
+    (same function; ONNX Runtime does this itself for a float model, but a DequantizeLinear
+    between them stops it, and the Pad stays a float island). Returns (copy, folded count)."""
+    import onnx
+    from onnx import helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    index = GraphIndex(graph)
+    folds = []
+    for pad in index.nodes:
+        if pad.op_type != "Pad" or _attrs(pad).get("mode", b"constant") not in (
+            b"constant",
+            "constant",
+        ):
+            continue
+        readers = index.consumers.get(pad.output[0], [])
+        if len(readers) != 1 or readers[0][1] != 0 or readers[0][0].op_type != "Conv":
+            continue
+        conv = readers[0][0]
+        if _attrs(conv).get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            continue
+        if len(pad.input) > 3 and pad.input[3] or pad.output[0] in index.outputs:
+            continue
+        ops = out.opset_import
+        pads = _constant(index, pad.input[1], ops) if len(pad.input) > 1 else None
+        pads = _attrs(pad).get("pads") if pads is None and len(pad.input) == 1 else pads
+        value = _constant(index, pad.input[2], ops) if len(pad.input) > 2 and pad.input[2] else 0
+        if pads is None or value is None or np.any(np.asarray(value) != 0):
+            continue
+        pads = np.asarray(pads, np.int64).ravel()
+        rank = pads.size // 2
+        begin, end = pads[:rank], pads[rank:]
+        if rank < 3 or np.any(pads < 0) or np.any(begin[:2]) or np.any(end[:2]):
+            continue
+        old = list(_attrs(conv).get("pads", [0] * (2 * (rank - 2))))
+        k = rank - 2
+        new = [int(old[i] + begin[2 + i]) for i in range(k)] + [
+            int(old[k + i] + end[2 + i]) for i in range(k)
+        ]
+        folds.append((pad, conv, new))
+    for pad, conv, new in folds:
+        conv.input[0] = pad.input[0]
+        for a in list(conv.attribute):
+            if a.name == "pads":
+                conv.attribute.remove(a)
+        conv.attribute.append(helper.make_attribute("pads", new))
+        graph.node.remove(pad)
+    _drop_dead_nodes(graph)
+    return out, len(folds)
+
+
+def _constant(index: GraphIndex, name: str, opsets):
+    """The value of ``name`` when it is computed from constants only (a small subgraph of
+    Constant/Cast/Concat/Slice... as exporters write pads), else None."""
+    v = index.value(name)
+    if v is not None:
+        return v
+    nodes, todo, seen = [], [name], set()
+    while todo:
+        t = todo.pop()
+        if t in seen or t in index.initializers:
+            continue
+        seen.add(t)
+        node = index.producer.get(t)
+        if node is None or len(seen) > 64:
+            return None  # reads a graph input
+        nodes.append(node)
+        todo += [i for i in node.input if i]
+    try:
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+
+        order = {id(n): k for k, n in enumerate(index.nodes)}
+        nodes.sort(key=lambda n: order[id(n)])
+        used = {i for n in nodes for i in n.input}
+        inits = [index.initializers[i] for i in used if i in index.initializers]
+        graph = onnx.helper.make_graph(
+            nodes, "const", [], [onnx.helper.make_empty_tensor_value_info(name)], inits
+        )
+        m = onnx.helper.make_model(graph, opset_imports=list(opsets))
+        return np.asarray(ReferenceEvaluator(m).run(None, {})[0])
+    except Exception:  # anything the reference evaluator cannot run: leave the Pad alone
+        return None
+
+
+def _drop_dead_nodes(graph) -> None:
+    """Remove nodes none of whose outputs is read (the pads subgraphs a fold left behind)."""
+    from int8kit.onnx.model_io import names_read
+
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = names_read(graph) | outputs
+        dead = [n for n in graph.node if not any(o in read for o in n.output if o)]
+        if not dead:
+            return
+        for n in dead:
+            graph.node.remove(n)
