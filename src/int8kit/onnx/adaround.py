@@ -15,10 +15,11 @@ target. The first 20% of the iterations run without the regulariser, then beta f
 2 (cosine, as AIMET does), which drives every h(V) to 0 or 1. The result is the hard rounding
 floor(W / s) + [h(V) >= 0.5]: every int8 weight is its nearest rounding or one step away.
 
-The loss needs only the Gram matrices of the rows (sum X_q^T X_q, sum X_q^T (X_q - X), per
-group), accumulated in one FP32 ONNX Runtime pass over ``max_samples`` calibration samples: for a
-Conv, ``positions`` output positions per sample are drawn at random and their input patches used.
-An iteration then costs one (N x K) @ (K x K) product per group, whatever the number of rows.
+The loss needs only sums over the rows (X_q^T X_q, (E W^T)^T X_q and ||E W^T||^2 with
+E = X_q - X, per group), accumulated in one FP32 ONNX Runtime pass over ``max_samples``
+calibration samples: for a Conv, ``positions`` output positions per sample are drawn at random
+and their input patches used. An iteration then costs one (N x K) @ (K x K) product per group,
+whatever the number of rows.
 
 A layer keeps its learned rounding only where its output error on the calibration rows is below
 round-to-nearest's (``AdaRoundSummary.layers`` has both); the weights are written by
@@ -52,8 +53,10 @@ from int8kit.onnx.qdq import quantize_weight
 log = logging.getLogger(__name__)
 
 ZETA, GAMMA = 1.1, -0.1
-DEFAULT_SAMPLES = 32
-DEFAULT_POSITIONS = 256  # rows per sample: Conv output positions, MatMul rows (e.g. tokens)
+# 16 samples x 128 rows (Conv output positions, MatMul rows such as tokens) per layer: H costs
+# rows x K^2 per group, ~15 GFLOP a sample for YOLOv8n at 256 positions.
+DEFAULT_SAMPLES = 16
+DEFAULT_POSITIONS = 128
 
 
 @dataclass
@@ -193,13 +196,16 @@ def gram_stats(
     model,
     layers: list[AdaLayer],
     batches: Iterable[dict[str, np.ndarray]],
-    amax: dict[str, float],
+    amax: dict,
+    weights: dict[str, np.ndarray],
     max_samples: int = DEFAULT_SAMPLES,
     positions: int = DEFAULT_POSITIONS,
     seed: int = 0,
 ) -> tuple[dict[str, tuple], int]:
-    """({node: (sum Xq^T Xq, sum Xq^T (Xq - X), sum (Xq - X)^T (Xq - X), rows)} per group,
-    samples seen), in one FP32 pass."""
+    """({node: (H, G, c, rows)}, samples seen), in one FP32 pass over the first ``max_samples``
+    samples, with X the layer's input rows, X_q the same fake-quantized, E = X_q - X and W the
+    grouped weight ``weights[node]`` (g, N, K), per group: H = sum X_q^T X_q (K x K),
+    G = sum (E W^T)^T X_q (N x K), and c = sum ||E W^T||^2 over every group."""
     from int8kit.onnx.bias import take_samples
     from int8kit.onnx.observe import run_exposed
 
@@ -216,28 +222,28 @@ def gram_stats(
                 continue
             rows = layer_rows(layer, x.astype(np.float32), rng, positions * max(n, 1))
             xq = _fake_quant(rows, amax[layer.input]) if layer.input in amax else rows
-            a = np.ascontiguousarray(xq.transpose(1, 2, 0))  # (g, K, P)
-            e = (xq - rows).transpose(1, 0, 2)  # (g, P, K)
-            new = [a @ a.transpose(0, 2, 1), a @ e, e.transpose(0, 2, 1) @ e]  # (g, K, K) each
+            a = np.ascontiguousarray(xq.transpose(1, 0, 2))  # (g, P, K)
+            ew = (a - rows.transpose(1, 0, 2)) @ weights[layer.node].transpose(0, 2, 1)  # (g,P,N)
+            new = [a.transpose(0, 2, 1) @ a, ew.transpose(0, 2, 1) @ a, float((ew * ew).sum())]
             st = stats.get(layer.node)
             if st is None:
-                stats[layer.node] = [m.astype(np.float64) for m in new] + [len(rows)]
+                stats[layer.node] = [new[0].astype(np.float64), new[1].astype(np.float64)]
+                stats[layer.node] += [new[2], len(rows)]
             else:
-                for k in range(3):
-                    st[k] += new[k]
+                st[0] += new[0]
+                st[1] += new[1]
+                st[2] += new[2]
                 st[3] += len(rows)
     return {k: tuple(v) for k, v in stats.items()}, seen
 
 
-def output_error(d: np.ndarray, w: np.ndarray, stats: tuple) -> float:
-    """Mean over rows of ||X_q W'^T - X W^T||^2 (summed over outputs) for W' = W + d (all
-    (g, N, K)): (sum(d H d) + 2 sum(d (W C^T)) + sum(W J W)) / rows."""
-    h, c, j, rows = stats
-    d, w = d.astype(np.float64), w.astype(np.float64)
+def output_error(d: np.ndarray, stats: tuple) -> float:
+    """Mean over rows of ||X_q W'^T - X W^T||^2 (summed over outputs) for W' = W + d (g, N, K):
+    (sum(d H d) + 2 sum(d G) + c) / rows (``gram_stats``)."""
+    h, g, c, rows = stats
+    d = d.astype(np.float64)
     quad = np.einsum("gnk,gkl,gnl->", d, h, d)
-    lin = np.einsum("gnk,gnl,gkl->", d, w, c)
-    const = np.einsum("gnk,gkl,gnl->", w, j, w)
-    return float(max(quad + 2 * lin + const, 0.0) / max(rows, 1))
+    return float(max(quad + 2 * float((d * g).sum()) + c, 0.0) / max(rows, 1))
 
 
 def _beta(frac: float, start: float = 20.0, end: float = 2.0) -> float:
@@ -248,7 +254,7 @@ def learn_rounding(
     w: np.ndarray,
     scale: np.ndarray,
     h: np.ndarray,
-    c: np.ndarray,
+    g: np.ndarray,
     rows: int,
     iters: int,
     reg: float = 0.01,
@@ -262,7 +268,7 @@ def learn_rounding(
     f32 = np.float32
     w, scale = w.astype(f32), scale.astype(f32)
     hm = (h / rows).astype(f32)  # symmetric
-    wc = (np.einsum("gnl,gkl->gnk", w.astype(np.float64), c) / rows).astype(f32)
+    wc = (g / rows).astype(f32)
     floor = np.floor(w / scale)
     rest = np.clip(w / scale - floor, 0, 1)
     p = np.clip((rest - GAMMA) / (ZETA - GAMMA), 1e-4, 1 - 1e-4)
@@ -298,6 +304,7 @@ def adaround(
     amax: dict[str, float],
     seconds: float = 60.0,
     max_samples: int = DEFAULT_SAMPLES,
+    positions: int = DEFAULT_POSITIONS,
     max_iters: int = 2000,
     min_iters: int = 50,
 ) -> tuple[dict[str, np.ndarray], AdaRoundSummary]:
@@ -308,13 +315,19 @@ def adaround(
     t0 = time.perf_counter()
     summary = AdaRoundSummary()
     layers, summary.skipped = ada_layers(model, placement)
-    stats, summary.samples = gram_stats(model, layers, batches, amax, max_samples)
-    summary.stats_seconds = time.perf_counter() - t0
     inits = {i.name: i for i in model.graph.initializer}
+    weights = {
+        layer.node: to_groups(layer, numpy_helper.to_array(inits[layer.weight]).astype(np.float32))
+        for layer in layers
+    }
+    stats, summary.samples = gram_stats(
+        model, layers, batches, amax, weights, max_samples, positions
+    )
+    summary.stats_seconds = time.perf_counter() - t0
     rounded: dict[str, np.ndarray] = {}
     todo = [layer for layer in layers if layer.node in stats]
     for k, layer in enumerate(todo):
-        h, c, _, rows = stats[layer.node]
+        h, g, _, rows = stats[layer.node]
         w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
         qmax = [layer.qmax] if layer.qmax != 127 else []  # the ort-cpu target's 7-bit weights
         q_rtn, scales = quantize_weight(w, layer.axis, *qmax)
@@ -326,16 +339,16 @@ def adaround(
         left = seconds - (time.perf_counter() - t0)
         share = left / (len(todo) - k)
         t1 = time.perf_counter()
-        learn_rounding(wg, sg, h, c, rows, 5, qmax=layer.qmax)
+        learn_rounding(wg, sg, h, g, rows, 5, qmax=layer.qmax)
         per_iter = (time.perf_counter() - t1) / 5
         iters = int(min(max_iters, (share - 5 * per_iter) / max(per_iter, 1e-6)))
         if iters < min_iters:
             summary.skipped[layer.node] = f"time budget spent ({seconds:g} s)"
             continue
-        qg = learn_rounding(wg, sg, h, c, rows, iters, qmax=layer.qmax)
+        qg = learn_rounding(wg, sg, h, g, rows, iters, qmax=layer.qmax)
         st = stats[layer.node]
-        rtn = output_error(to_groups(layer, q_rtn.astype(np.float32)) * sg - wg, wg, st)
-        ada = output_error(qg * sg - wg, wg, st)
+        rtn = output_error(to_groups(layer, q_rtn.astype(np.float32)) * sg - wg, st)
+        ada = output_error(qg * sg - wg, st)
         kept = ada < rtn
         summary.layers[layer.node] = {"rtn": rtn, "adaround": ada, "iters": iters, "kept": kept}
         if kept:
