@@ -173,6 +173,49 @@ def qdq_counts(path) -> dict:
     return {"Q": ops.get("QuantizeLinear", 0), "DQ": ops.get("DequantizeLinear", 0)}
 
 
+SHARED_METHODS = ("entropy", "minmax", "percentile", "mse")  # what one histogram pass gives
+
+
+def shared_ranges(name: str, method: str) -> Path:
+    """The ranges of ``method`` on ``name``'s calibration set, from ONE calibration pass shared
+    by every recipe that does not change the FP32 model first (the histograms give every method's
+    amax). The tensors are those of the widest placement (input layers quantized too)."""
+    import dataclasses
+
+    from zoo import data_path, model_path
+
+    from int8kit.data import DataConfig, make_source
+    from int8kit.onnx.model_io import input_specs, load_model
+    from int8kit.onnx.placement import PlacementConfig, node_names_unique, plan
+    from int8kit.ranges import Ranges
+    from int8kit.workflow import CalibConfig, calibrate
+
+    folder = BENCH / "work" / "zoo_ranges"
+    paths = {m: folder / f"{name}.{m}.ranges.json" for m in SHARED_METHODS}
+    if not all(p.exists() for p in paths.values()):
+        t0 = time.perf_counter()
+        model = load_model(model_path(name))
+        node_names_unique(model)
+        tensors = list(plan(model, PlacementConfig(quantize_input_layers=True)).activations)
+        src = make_source(DataConfig(source=str(data_path(name, "calib"))), input_specs(model))
+        ranges = calibrate(
+            model, src, CalibConfig(method="minmax"), candidates_for=set(tensors), names=tensors
+        )
+        for m, path in paths.items():
+            picked = Ranges(
+                tensors={
+                    t: dataclasses.replace(r, amax=r.candidates[m], method=m, candidates={})
+                    for t, r in ranges.tensors.items()
+                }
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            picked.write(path)
+        log(
+            f"{name}: shared calibration of {len(tensors)} tensors in {time.perf_counter() - t0:.0f} s"
+        )
+    return paths[method]
+
+
 def run_recipe(name: str, label: str, recipe: dict) -> dict:
     from zoo.evaluate import evaluate
 
@@ -180,8 +223,14 @@ def run_recipe(name: str, label: str, recipe: dict) -> dict:
 
     out = ZOO_MODELS_OUT / f"{name}.{label}.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
+    method = recipe.get("calib", {}).get("method")
+    shared = (
+        method in SHARED_METHODS and not recipe.get("smooth_quant") and not recipe.get("equalize")
+    )
     try:
         config = config_for(name, recipe, out)
+        if shared:
+            config.ranges = str(shared_ranges(name, method))
     except TypeError as exc:
         return {"ok": False, "skipped": f"this int8kit has no such option: {exc}"}
     t0 = time.perf_counter()
@@ -192,6 +241,7 @@ def run_recipe(name: str, label: str, recipe: dict) -> dict:
     entry = {
         "ok": True,
         "recipe": recipe,
+        "shared_calibration": shared,
         "quantize_s": time.perf_counter() - t0,
         "method": r.method,
         "qdq": qdq_counts(out),
