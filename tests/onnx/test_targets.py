@@ -190,3 +190,25 @@ def test_zero_pads_are_folded_into_the_conv_so_no_float_island_is_left(tmp_path)
     # Both Convs integer; the one DQ left feeds the last Relu (a graph output stays float).
     assert ops["integer"] == {"QLinearConv": 2} and not ops["float_compute"]
     assert ops["float_islands"] == 1
+
+
+def test_batchnorm_after_a_conv_is_folded_for_onnx_runtime(tmp_path):
+    import onnxruntime as ort
+
+    from int8kit.onnx.targets_ort import fold_batchnorms
+
+    m = models.conv_bn_relu_chain()
+    folded, n = fold_batchnorms(m)
+    assert n == 1 and "BatchNormalization" not in {x.op_type for x in folded.graph.node}
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    run = lambda mm: ort.InferenceSession(mm.SerializeToString(), so).run(None, {"x": x})[0]  # noqa: E731
+    np.testing.assert_allclose(run(m), run(folded), rtol=1e-5, atol=1e-6)
+    path = models.save(m, tmp_path / "chain.onnx")
+    data = models.save_npz(tmp_path / "chain.npz", n=6, x=(1, 3, 8, 8))
+    everything = PlacementConfig(quantize_input_layers=True)
+    r = _run(path, data, tmp_path / "chain.int8.onnx", placement=everything)
+    assert r.target["batchnorms_folded"] == 1
+    ops = integer_ops(r.outputs["qdq_onnx"])
+    assert ops["integer"]["QLinearConv"] == 2 and not ops["float_compute"]

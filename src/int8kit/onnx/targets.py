@@ -51,6 +51,7 @@ ORT_PASS = (
     "Expand",
     "Tile",
     "Split",
+    "Identity",  # removed by ORT itself; the Q/DQ pairs around it then collapse
 )
 # Relu/Clip right after a fused node: dropped when the Q's range is inside it (u8 zero point 0).
 ORT_FUSED_EPILOGUE = ("Relu", "Clip")
@@ -140,14 +141,15 @@ class Target:
         )
 
     def prepare(self, model):
-        """The FP32 model rewritten for this target, same function (ort: zero Pads folded into
-        the Conv after them). Returns (model, {what: count})."""
+        """The FP32 model rewritten for this target, same function (ort: BatchNormalizations
+        and zero Pads folded into the Conv before / after them). Returns (model, {what: count})."""
         if self.placement != "ort":
             return model, {}
-        from int8kit.onnx.targets_ort import fold_pads
+        from int8kit.onnx.targets_ort import fold_batchnorms, fold_pads
 
-        model, folded = fold_pads(model)
-        return model, {"pads_folded": folded}
+        model, bns = fold_batchnorms(model)
+        model, pads = fold_pads(model)
+        return model, {"batchnorms_folded": bns, "pads_folded": pads}
 
     def plan(self, model, config):
         """The placement of ``model`` for this target (placement.PlacementConfig ``config``)."""

@@ -368,3 +368,65 @@ def _drop_dead_nodes(graph) -> None:
             return
         for n in dead:
             graph.node.remove(n)
+
+
+def fold_batchnorms(model):
+    """Fold each inference BatchNormalization that is the only reader of a Conv's output into
+    that Conv's weight and bias (same function up to float rounding; ONNX Runtime does this for a
+    float model, but a Q/DQ on the Conv output stops it and leaves the BN a float island).
+    Returns (copy, folded count)."""
+    import onnx
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    index = GraphIndex(graph)
+    uses = Counter(i for n in index.nodes for i in n.input)
+    new_inits, folded = [], 0
+    for bn in index.nodes:
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or len(bn.input) != 5:
+            continue
+        conv = index.producer.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or len(index.consumers[conv.output[0]]) != 1:
+            continue
+        if conv.output[0] in index.outputs or conv.input[1] not in index.initializers:
+            continue
+        params = [index.value(t) for t in bn.input[1:]]
+        if any(p is None for p in params) or uses[conv.input[1]] != 1:
+            continue
+        gamma, beta, mean, var = (np.asarray(p, np.float64).ravel() for p in params)
+        eps = float(_attrs(bn).get("epsilon", 1e-5))
+        w = numpy_helper.to_array(index.initializers[conv.input[1]]).astype(np.float64)
+        if w.shape[0] != gamma.size:
+            continue
+        b = np.zeros(w.shape[0])
+        if len(conv.input) > 2 and conv.input[2]:
+            bias = index.value(conv.input[2])
+            if bias is None or uses[conv.input[2]] != 1:
+                continue
+            b = np.asarray(bias, np.float64).ravel()
+        s = gamma / np.sqrt(var + eps)
+        w_name, b_name = f"{conv.input[1]}_bn_folded", f"{conv.name}_bias_bn_folded"
+        new_inits += [
+            numpy_helper.from_array(
+                (w * s.reshape(-1, *[1] * (w.ndim - 1))).astype(np.float32), w_name
+            ),
+            numpy_helper.from_array(((b - mean) * s + beta).astype(np.float32), b_name),
+        ]
+        conv.input[1] = w_name
+        if len(conv.input) > 2:
+            conv.input[2] = b_name
+        else:
+            conv.input.append(b_name)
+        conv.output[0] = bn.output[0]
+        graph.node.remove(bn)
+        folded += 1
+    graph.initializer.extend(new_inits)
+    from int8kit.onnx.model_io import names_read
+
+    used = names_read(graph)
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    return out, folded
