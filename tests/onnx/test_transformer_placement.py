@@ -200,3 +200,13 @@ def test_lint_flags_the_mask_qdq_of_onnx_runtimes_quantizer(tmp_path):
         t for f in lint(str(tmp_path / "ort.onnx")) if f.code == "qdq-on-mask" for t in f.tensors
     }
     assert "neg" in flagged  # ORT puts a Q/DQ with a ±3.4e38 range on the mask
+
+
+def test_eval_summary_prints_a_failed_backend():
+    from int8kit.cli.eval import print_eval
+
+    out = io.StringIO()
+    result = {"samples": 1, "backends": {"ort-int8": "fused"}, "outputs": {"ort-int8": {}}}
+    result["outputs"]["ort-int8"] = {"failed": "ONNX Runtime refused the model: Fail: x"}
+    print_eval(result, out=out)
+    assert "FAILED: ONNX Runtime refused the model" in out.getvalue()
