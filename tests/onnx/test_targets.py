@@ -212,3 +212,27 @@ def test_batchnorm_after_a_conv_is_folded_for_onnx_runtime(tmp_path):
     assert r.target["batchnorms_folded"] == 1
     ops = integer_ops(r.outputs["qdq_onnx"])
     assert ops["integer"]["QLinearConv"] == 2 and not ops["float_compute"]
+
+
+def test_a_weight_shared_through_an_identity_still_gets_integer_convs(tmp_path):
+    from onnx import helper
+
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        n("Identity", ["w"], ["w_copy"], name="dedup"),
+        n("Conv", ["c0", "w"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+        n("Conv", ["c0", "w_copy"], ["b"], name="conv_b", pads=[1, 1, 1, 1]),
+        n("Add", ["a", "b"], ["s"], name="add"),
+        n("Relu", ["s"], ["y"], name="relu"),
+    ]
+    inits = [models.weight("w0", (4, 3, 3, 3), 1), models.weight("w", (4, 4, 3, 3), 2)]
+    m = models.model(
+        nodes, [models.value("x", (1, 3, 8, 8))], [models.value("y", (1, 4, 8, 8))], inits
+    )
+    path = models.save(m, tmp_path / "shared.onnx")
+    data = models.save_npz(tmp_path / "shared.npz", n=6, x=(1, 3, 8, 8))
+    r = _run(path, data, tmp_path / "shared.int8.onnx")
+    assert r.target["identities_inlined"] == 1
+    ops = integer_ops(r.outputs["qdq_onnx"])
+    assert ops["integer"] == {"QLinearAdd": 1, "QLinearConv": 2}  # conv0 reads the input

@@ -145,11 +145,16 @@ class Target:
         and zero Pads folded into the Conv before / after them). Returns (model, {what: count})."""
         if self.placement != "ort":
             return model, {}
-        from int8kit.onnx.targets_ort import fold_batchnorms, fold_pads
+        from int8kit.onnx.targets_ort import (
+            fold_batchnorms,
+            fold_pads,
+            inline_constant_identities,
+        )
 
-        model, bns = fold_batchnorms(model)
-        model, pads = fold_pads(model)
-        return model, {"batchnorms_folded": bns, "pads_folded": pads}
+        model, bns = fold_batchnorms(model)  # a copy
+        model, pads = fold_pads(model)  # a copy
+        model, ids = inline_constant_identities(model)  # in place, on the copy
+        return model, {"batchnorms_folded": bns, "pads_folded": pads, "identities_inlined": ids}
 
     def plan(self, model, config):
         """The placement of ``model`` for this target (placement.PlacementConfig ``config``)."""

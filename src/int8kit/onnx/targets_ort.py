@@ -430,3 +430,25 @@ def fold_batchnorms(model):
     del graph.initializer[:]
     graph.initializer.extend(keep)
     return out, folded
+
+
+def inline_constant_identities(model):
+    """Readers of an Identity of an initializer (exporters write one for a weight used twice)
+    read the initializer itself, so that the layer's weight is a constant the placement sees.
+    Works in place; returns (model, count)."""
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {
+        n.output[0]: n.input[0]
+        for n in graph.node
+        if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs
+    }
+    if not alias:
+        return model, 0
+    for n in graph.node:
+        for k, name in enumerate(n.input):
+            if name in alias:
+                n.input[k] = alias[name]
+    _drop_dead_nodes(graph)
+    return model, len(alias)
