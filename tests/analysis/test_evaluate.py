@@ -112,3 +112,16 @@ def test_unknown_task_and_backend():
         evaluate(conv_relu_conv(), conv_relu_conv(), [], task="segment")
     with pytest.raises(ValueError, match="backends"):
         evaluate(conv_relu_conv(), conv_relu_conv(), [], backends=("tensorrt",))
+
+
+def test_guess_task_needs_decoded_boxes_and_scores_not_only_a_detection_shape():
+    from int8kit.analysis.fidelity import guess_task
+
+    rng = np.random.default_rng(0)
+    v8 = np.concatenate([rng.uniform(0, 320, (1, 4, 2100)), rng.uniform(0, 1, (1, 80, 2100))], 1)
+    v5 = np.concatenate([rng.uniform(0, 640, (1, 8400, 4)), rng.uniform(0, 1, (1, 8400, 6))], 2)
+    assert guess_task(v8) == "detect" and guess_task(v5) == "detect"
+    # RetinaFace's landmark offsets (1, A, 10) and a YOLOX head's raw logits (1, A, 6): no mAP
+    assert guess_task(rng.standard_normal((1, 4200, 10))) == "raw"
+    assert guess_task(rng.standard_normal((1, 3549, 6))) == "raw"
+    assert guess_task(rng.standard_normal((1, 1000))) == "classify"

@@ -47,14 +47,30 @@ def open_sessions(model, backends) -> dict[str, object]:
 
 
 def guess_task(output: np.ndarray) -> str:
-    """'detect' for a YOLO-style (N, 4+nc, A) or (N, A, 5+nc) tensor, 'classify' for (N, C)
-    logits, else 'raw'."""
+    """'detect' for a YOLO-style (N, 4+nc, A) or (N, A, 5+nc) tensor of DECODED detections (class
+    scores within [0, 1], boxes in pixels), 'classify' for (N, C) logits, else 'raw'. The values
+    are looked at too: a face detector's landmark offsets (N, A, 10) or a YOLOX head's raw logits
+    (N, A, 5+nc) have the shape of detections but are no boxes and scores, and an mAP of them
+    would mean nothing."""
     shape = output.shape
     if len(shape) == 3 and min(shape[1:]) >= 5 and max(shape[1:]) >= 8 * min(shape[1:]):
-        return "detect"
+        return "detect" if _decoded_detections(output) else "raw"
     if len(shape) == 2 and shape[1] >= 10 or (len(shape) == 4 and shape[2:] == (1, 1)):
         return "classify"
     return "raw"
+
+
+def _decoded_detections(output: np.ndarray) -> bool:
+    from int8kit.analysis.detection import split_yolo_output
+
+    try:
+        boxes, scores = split_yolo_output(output)
+    except Exception:
+        return False
+    finite = np.isfinite(scores).all() and np.isfinite(boxes).all()
+    return bool(
+        finite and scores.size and scores.min() >= 0.0 and scores.max() <= 1.0 and boxes.max() > 1.5
+    )
 
 
 def _stats_for(task: str, layout: str):

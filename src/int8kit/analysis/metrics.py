@@ -64,19 +64,25 @@ def _cosine_from_sums(dot: float, ref_sq: float, test_sq: float) -> float:
     return float(dot / (np.sqrt(ref_sq) * np.sqrt(test_sq)))
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Sum of a*b of two flat float64 arrays, without BLAS: on a busy machine a multi-threaded
+    BLAS dot of a few thousand values waits for its threads (80 ms instead of 3 ms)."""
+    return float(np.einsum("i,i->", a, b))
+
+
 def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio of `test` against `reference`, in dB."""
     r, t = _pair(reference, test)
     with np.errstate(over="ignore", invalid="ignore"):
         e = r - t
-        return _sqnr_from_sums(float(np.dot(r, r)), float(np.dot(e, e)))
+        return _sqnr_from_sums(_dot(r, r), _dot(e, e))
 
 
 def cosine(reference: np.ndarray, test: np.ndarray) -> float:
     """Cosine similarity of the two arrays, flattened."""
     r, t = _pair(reference, test)
     with np.errstate(over="ignore", invalid="ignore"):
-        return _cosine_from_sums(float(np.dot(r, t)), float(np.dot(r, r)), float(np.dot(t, t)))
+        return _cosine_from_sums(_dot(r, t), _dot(r, r), _dot(t, t))
 
 
 def max_abs_error(reference: np.ndarray, test: np.ndarray) -> float:
@@ -124,10 +130,10 @@ class OutputStats:
         with np.errstate(over="ignore", invalid="ignore"):
             e = r - t
             a = np.abs(e)
-            self._ref_sq += float(np.dot(r, r))
-            self._test_sq += float(np.dot(t, t))
-            self._dot += float(np.dot(r, t))
-            self._err_sq += float(np.dot(e, e))
+            self._ref_sq += _dot(r, r)
+            self._test_sq += _dot(t, t)
+            self._dot += _dot(r, t)
+            self._err_sq += _dot(e, e)
             self._abs_sum += float(a.sum())
             m = float(a.max())
         # max() would silently drop a NaN; keep it visible like the one-shot function does.
