@@ -54,7 +54,7 @@ def check(name: str, backends, reuse: bool = False, samples: int | None = None) 
         row["quantize_cpu_s"] = round(cpu, 1)
     row["int8_model"] = relative(path)
     t0 = time.perf_counter()
-    fp32_outputs(name)
+    fp32_outputs(name, samples)
     row["fp32_s"] = round(time.perf_counter() - t0, 1)
     row["backends"] = evaluate(name, path, backends, samples)
     return row

@@ -3,6 +3,7 @@ checked against the original on real inputs, and an atomic save."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ def write_model(src: Path, dest: Path, feeds: list[dict[str, np.ndarray]] | None
                 raise RuntimeError(f"opset upgrade changed the outputs (rel. max diff {worst:.2e})")
             info["upgrade_max_rel_diff"] = worst
         info["upgraded_to"] = MIN_OPSET
+        print(f"[zoo] {src.name}: opset {info['opset']} -> {MIN_OPSET} ({info})", file=sys.stderr)
         model = upgraded
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest) as tmp:
