@@ -129,7 +129,9 @@ def config_for(name: str, recipe: dict, out: Path):
 
 
 def trt_deployable(path) -> tuple[bool, str]:
-    """TensorRT runs Q/DQ with signed int8 and zero point 0 only."""
+    """TensorRT's explicit INT8 takes signed int8 with zero point 0, and one scale per activation
+    tensor (per-channel scales only for constant weights): NNCF, for one, gives a depthwise
+    conv's input one scale per channel, which TensorRT cannot build."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -147,6 +149,9 @@ def trt_deployable(path) -> tuple[bool, str]:
         if n.op_type != "QuantizeLinear":
             continue
         nq += 1
+        scale = inits.get(n.input[1]) or consts.get(n.input[1])
+        if n.input[0] not in inits and scale is not None and np.prod(scale.dims) > 1:
+            bad["per-channel activation scale"] += 1
         if len(n.input) < 3 or not n.input[2]:
             bad["uint8 (no zero point given)"] += 1
             continue
@@ -339,6 +344,24 @@ def timing(name: str, runs: int = 3) -> dict:
     return res
 
 
+def recheck_deployable(models) -> None:
+    """Peer entries get the deployability of the current rule (their models are kept)."""
+    for name in models:
+        path = ZOO_RESULTS / f"{name}.peers.json"
+        if not path.exists():
+            continue
+        res = json.loads(path.read_text())
+        changed = False
+        for label, e in res.get("entries", {}).items():
+            out = ZOO_MODELS_OUT / f"{name}.{label}.onnx"
+            if e.get("ok") and out.exists():
+                verdict = list(trt_deployable(out))
+                changed |= verdict != [e.get("trt_deployable"), e.get("not_deployable_why")]
+                e["trt_deployable"], e["not_deployable_why"] = verdict
+        if changed:
+            save_json(path, res)
+
+
 def main(argv=None) -> int:
     from zoo import ZOO, prepare
 
@@ -354,6 +377,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     prepare(a.models)
+    recheck_deployable(a.models)
     todo: list[tuple[str, str]] = []
     if not a.no_recipes:
         todo += [("recipe", r) for r in (a.recipes or RECIPES)]
