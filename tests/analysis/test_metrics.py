@@ -152,3 +152,14 @@ def test_classify_stats_streaming_equals_one_shot():
     assert res["topk_agreement"] == topk_agreement(ref, test, k=5)
     assert res["topk_overlap"] == pytest.approx(topk_overlap(ref, test, k=5))
     assert res["sqnr_db"] == pytest.approx(sqnr_db(ref, test))
+
+
+def test_classify_stats_of_fewer_classes_than_k_uses_every_class():
+    from int8kit.analysis.metrics import ClassifyStats
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((6, 4))
+    stats = ClassifyStats(k=5)
+    stats.update(ref, ref[:, ::-1])  # every class reversed: top-1 never agrees
+    r = stats.result()
+    assert r["k"] == 4 and r["top1_agreement"] == 0.0 and r["topk_agreement"] == 1.0

@@ -250,6 +250,8 @@ class ClassifyStats:
 
     def update(self, ref_logits: np.ndarray, test_logits: np.ndarray) -> None:
         r, t = _logit_pair(ref_logits, test_logits)
+        # a 4-way classifier (an orientation model) has no top-5: its top-k is all k classes
+        self.k = min(self.k, r.shape[1])
         self._top1 += _agree_count(r, t, 1)
         self._topk += _agree_count(r, t, self.k)
         self._overlap += _overlap_sum(r, t, self.k)
