@@ -288,6 +288,7 @@ class QuantizeResult:
     fp16: dict = field(default_factory=dict)  # onnx.fp16.FP16Summary as a dict
     bias_correction: dict = field(default_factory=dict)  # onnx.bias.BiasSummary as a dict
     smooth_quant: dict = field(default_factory=dict)  # onnx.smoothquant.SmoothSummary as a dict
+    recipe: dict = field(default_factory=dict)  # what --method auto resolved to (recipes.py)
     adaround: dict = field(default_factory=dict)  # onnx.adaround.AdaRoundSummary as a dict
     equalize: dict = field(default_factory=dict)  # onnx.equalize.EqualizeSummary as a dict
     method: str = ""  # the range method used (``auto`` resolved)
@@ -378,12 +379,13 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     calib_src, holdout_src = _data(config, specs)
     result = QuantizeResult(config, outputs={})
     original = model  # fidelity is measured against the model as given
+    config = _apply_recipe(config, model, result)
     if config.equalize:
         from int8kit.onnx.equalize import equalize
 
         model, eq = equalize(model)
         result.equalize = asdict(eq)
-    if config.smooth_quant is not None and config.write_qdq:
+    if config.smooth_quant not in (None, "off") and config.write_qdq:
         from int8kit.onnx.smoothquant import smooth_for_placement
 
         # The smoothed FP32 model computes the same function: the ranges are taken on it.
@@ -545,10 +547,33 @@ def _check_target(config: QuantizeConfig) -> None:
         )
 
 
+def _apply_recipe(config: QuantizeConfig, model, result: QuantizeResult) -> QuantizeConfig:
+    """``--method auto`` of a Q/DQ model for TensorRT: the default recipe of the graph's family
+    (recipes.py). The returned config holds the resolved values, so the ranges file it is
+    written into repeats the run exactly; options the user set explicitly are kept."""
+    if config.calib.method != "auto" or not config.write_qdq or config.target != "tensorrt":
+        return config
+    from int8kit.recipes import default_recipe
+
+    fam, recipe = default_recipe(model)
+    result.recipe = {"family": fam, **recipe.to_dict()}
+    sq = config.smooth_quant
+    if sq is None and not config.write_cache and config.data is not None:
+        sq = recipe.smooth_quant
+    return replace(
+        config,
+        calib=replace(config.calib, method=recipe.method),
+        smooth_quant=sq,
+        equalize=config.equalize or recipe.equalize,
+    )
+
+
 def _check_ptq_options(config: QuantizeConfig) -> None:
     sq = config.smooth_quant
+    if sq == "off":  # explicitly off, also where the default recipe would smooth
+        sq = None
     if sq is not None and sq != "auto" and not (isinstance(sq, (int, float)) and 0 <= sq <= 1):
-        raise ValueError(f"smooth_quant must be an alpha in [0, 1] or 'auto', got {sq!r}")
+        raise ValueError(f"smooth_quant must be an alpha in [0, 1], 'auto' or 'off', got {sq!r}")
     if (sq is not None or config.adaround) and config.data is None:
         raise ValueError("SmoothQuant and AdaRound need calibration data (--calib)")
     if sq is not None and (config.write_cache or not config.write_qdq):

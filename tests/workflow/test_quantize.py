@@ -50,7 +50,9 @@ def test_quantize_writes_three_outputs_and_leaves_the_input_alone(chain, tmp_pat
         assert cache.scales[name] == pytest.approx(t.amax / 127, rel=1e-6)
         assert t.method == "minmax" and t.stats["count"] > 0 and t.stats["nan"] == 0
     raw = json.load(open(cfg.ranges_path))
-    assert raw["config"]["calib"]["method"] == "auto" and r.method == "minmax"
+    # auto is written resolved (recipes.py), so the ranges file repeats the run exactly
+    assert raw["config"]["calib"]["method"] == "minmax" and r.method == "minmax"
+    assert r.recipe["family"] == "conv"
     assert QuantizeConfig.from_dict(raw["config"]).to_dict() == raw["config"]  # repeatable
     fid = r.fidelity["trt-like"]["y"]
     assert 15 < fid["sqnr_db"] < 80 and fid["task"] == "classify"

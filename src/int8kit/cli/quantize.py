@@ -139,11 +139,12 @@ def register(sub) -> None:
         const="auto",
         default=None,
         type=_alpha,
-        metavar="ALPHA|auto",
+        metavar="ALPHA|auto|off",
         help="SmoothQuant before calibration: move activation outliers into the weights of the "
         "MatMul/Gemm layers reading them (same FP32 function). ALPHA in [0, 1], or auto (the "
         "default when the flag has no value): per activation, the alpha of 0.3..0.8 (or none) "
-        "with the lowest int8 error of its layers on calibration rows",
+        "with the lowest int8 error of its layers on calibration rows. --method auto smooths "
+        "transformers by default (recipes.py); off turns that off",
     )
     g.add_argument(
         "--adaround",
@@ -266,8 +267,10 @@ def run(args: argparse.Namespace) -> int:
     if args.explain_rules:
         from int8kit.onnx.rules import describe
         from int8kit.onnx.targets import describe_rules
+        from int8kit.recipes import describe as describe_recipe
 
         print(describe_rules() if args.target == "ort-cpu" else describe())
+        print(describe_recipe())
         return 0
     config = build_config(args)
     check_outputs(config.input_paths(), {**config.output_paths(), "--json": args.json})
@@ -298,6 +301,7 @@ def summary_dict(result) -> dict:
         "fallback": result.fallback,
         "fp16": result.fp16,
         "method": result.method,
+        "recipe": result.recipe,
         "bias_correction": result.bias_correction,
         "equalize": result.equalize,
         "smooth_quant": result.smooth_quant,
@@ -312,7 +316,8 @@ def print_summary(result, out=None) -> None:
     cfg = result.config
     method = result.method or cfg.calib.method
     if cfg.calib.method == "auto":
-        method = f"auto: {method}"
+        fam = result.recipe.get("family")
+        method = f"auto{f' ({fam})' if fam else ''}: {method}"
     p(f"int8kit: {cfg.model} -> INT8 ({method}) in {result.seconds:.1f} s")
     if not cfg.ranges:
         p(
@@ -414,14 +419,14 @@ def print_summary(result, out=None) -> None:
 
 
 def _alpha(text: str) -> float | str:
-    if text == "auto":
+    if text in ("auto", "off"):
         return text
     try:
         value = float(text)
     except ValueError:
         value = -1.0
     if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected auto or an alpha in [0, 1], got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected auto, off or an alpha in [0, 1], got {text!r}")
     return value
 
 

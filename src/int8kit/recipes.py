@@ -1,0 +1,87 @@
+"""The default recipe (``--method auto``), as data, and how a graph picks its row.
+
+The rows are what ``benchmarks/choose_default.py`` selects on the benchmark zoo by leaving one
+model out (benchmarks/results/zoo_loo.md): a recipe must beat the best TensorRT-deployable peer
+on models it was not chosen on. ``auto`` looks at the graph first, because attention has its own
+failure mode (outlier channels in the LayerNorm outputs that feed the projections) that conv nets
+do not have. Bias correction and the float input layers are QuantizeConfig fields of their own
+(``--no-bias-correction``, ``--quantize-input-layers``); a recipe row sets the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What ``auto`` stands for on one family of models."""
+
+    method: str  # range method of the activations
+    smooth_quant: float | str | None = None  # SmoothQuant alpha, "auto" (per activation) or off
+    equalize: bool = False  # cross-layer equalization
+    why: str = ""
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "why"}
+
+
+DEFAULTS: dict[str, Recipe] = {
+    "conv": Recipe(
+        "minmax",
+        why="unclipped ranges with bias correction and the stem float: the best rank on the "
+        "zoo's conv nets, and above the best TensorRT-deployable peer on each left-out model",
+    ),
+    "transformer": Recipe(
+        "minmax",
+        smooth_quant="auto",
+        why="SmoothQuant moves the LayerNorm outlier channels into the projection weights "
+        "(alpha per activation, kept only where it lowers the int8 error)",
+    ),
+}
+
+
+def family(model) -> str:
+    """``transformer`` when the graph has attention (a Softmax whose output, possibly through
+    shape ops, is multiplied by another activation in a MatMul), else ``conv``."""
+    graph = model.graph
+    constants = {i.name for i in graph.initializer} | {
+        o for n in graph.node if n.op_type == "Constant" for o in n.output
+    }
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    passthrough = {"Cast", "Reshape", "Transpose", "Dropout", "Identity", "Where", "Mul", "Div"}
+    for node in graph.node:
+        if node.op_type != "Softmax":
+            continue
+        todo, seen = [node.output[0]], set()
+        while todo:
+            tensor = todo.pop()
+            for reader in consumers.get(tensor, []):
+                if reader.op_type == "MatMul" and not any(i in constants for i in reader.input):
+                    return "transformer"
+                if reader.op_type in passthrough and reader.output[0] not in seen:
+                    seen.add(reader.output[0])
+                    todo.append(reader.output[0])
+    return "conv"
+
+
+def default_recipe(model) -> tuple[str, Recipe]:
+    """(family, recipe) that ``auto`` resolves to for ``model``."""
+    fam = family(model)
+    return fam, DEFAULTS[fam]
+
+
+def describe() -> str:
+    """The default recipe as text (``int8kit quantize --explain-rules``)."""
+    lines = ["default recipe (--method auto), by what the graph holds:"]
+    for fam, r in DEFAULTS.items():
+        extra = [f"SmoothQuant {r.smooth_quant}"] if r.smooth_quant is not None else []
+        extra += ["cross-layer equalization"] if r.equalize else []
+        lines.append(f"  {fam:<12} {' + '.join([r.method] + extra)}: {r.why}")
+    lines.append(
+        "  both: bias correction (gated per layer), layers reading the network input float"
+    )
+    return "\n".join(lines)
