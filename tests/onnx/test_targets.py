@@ -236,3 +236,26 @@ def test_a_weight_shared_through_an_identity_still_gets_integer_convs(tmp_path):
     assert r.target["identities_inlined"] == 1
     ops = integer_ops(r.outputs["qdq_onnx"])
     assert ops["integer"] == {"QLinearAdd": 1, "QLinearConv": 2}  # conv0 reads the input
+
+
+def test_a_conv_that_feeds_hardswish_stays_float_and_the_run_says_why():
+    from onnx import helper
+
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        n("Relu", ["c0"], ["r0"], name="relu0"),
+        n("Conv", ["r0", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        n("HardSwish", ["c1"], ["y"], name="hswish"),
+    ]
+    inits = [models.weight("w0", (4, 3, 3, 3), 1), models.weight("w1", (4, 4, 3, 3), 2)]
+    m = models.model(
+        nodes, [models.value("x", (1, 3, 8, 8))], [models.value("y", (1, 4, 8, 8))], inits
+    )
+    from int8kit.onnx.targets_ort import integer_warning
+
+    p = plan_ort(m, PlacementConfig(quantize_input_layers=True))
+    assert "HardSwish" in p.kept_float["conv1"] and not any(k[0] == "conv1" for k in p.weights)
+    assert "conv0" not in p.kept_float  # a Relu after it: fused by ORT, conv0 is integer
+    warning = integer_warning(m, p)
+    assert "1 of 2 Conv/MatMul/Gemm layers stay float" in warning and "HardSwish" in warning

@@ -28,7 +28,13 @@ from int8kit.onnx.placement import (
     input_layers,
     mask_path,
 )
-from int8kit.onnx.targets import ORT_CHAIN, ORT_COMPUTE, ORT_FUSED_EPILOGUE, ORT_PASS
+from int8kit.onnx.targets import (
+    ORT_CHAIN,
+    ORT_COMPUTE,
+    ORT_FLOAT_EPILOGUE,
+    ORT_FUSED_EPILOGUE,
+    ORT_PASS,
+)
 
 # What ONNX Runtime's optimised graph holds where a Q/DQ group became an integer kernel.
 INTEGER_OPS = (
@@ -93,6 +99,13 @@ def plan_ort(model, config: PlacementConfig | None = None) -> Placement:
         if node.name in placement.kept_float or not node.output:
             continue
         out = node.output[0]
+        readers = index.consumers.get(out, [])
+        if op in ORT_COMPUTE and len(readers) == 1 and readers[0][0].op_type in ORT_FLOAT_EPILOGUE:
+            placement.kept_float[node.name] = (
+                f"feeds {readers[0][0].op_type}, which ONNX Runtime has no integer kernel for: "
+                "its float Conv fuses it, an int8 Conv would pay a DQ, the float op and a Q"
+            )
+            continue
         if op in ORT_COMPUTE:
             w = node.input[1] if len(node.input) > 1 else ""
             acts = [0]
@@ -247,6 +260,14 @@ def integer_warning(model, placement: Placement) -> str | None:
     """Why ONNX Runtime will run nothing of ``model`` in integer form, or None when it will."""
     index = GraphIndex(model.graph)
     compute = [n for n in index.nodes if n.op_type in ORT_COMPUTE]
+    fused = [n for n, why in placement.kept_float.items() if why.startswith("feeds ")]
+    if fused and len(fused) * 2 >= len(compute):
+        ops = sorted({placement.kept_float[n].split(",")[0][6:] for n in fused})
+        return (
+            f"ort-cpu: {len(fused)} of {len(compute)} Conv/MatMul/Gemm layers stay float: each "
+            f"feeds {'/'.join(ops)}, which ONNX Runtime has no integer kernel for (its float "
+            "Conv fuses it). Expect little or no speedup over FP32 on this model"
+        )
     names = {n.name for n in compute}
     edges = {node for e in placement.activations.values() for node, _ in e}
     if placement.weights or names & edges:
