@@ -46,17 +46,19 @@ RECIPES = {
 }
 
 
-def fp32_pass_seconds(name: str, n: int | None) -> float:
-    """One plain FP32 ONNX Runtime pass (default options) over the calibration set, batch 1."""
+def fp32_pass_seconds(name: str, n: int | None) -> tuple[float, float]:
+    """(wall, CPU) seconds of one plain FP32 ONNX Runtime pass (default options) over the
+    calibration set, batch 1. CPU seconds (every thread of the process) hardly depend on what
+    else the shared machine runs; wall seconds do."""
     sess = session(model_path(name), "fp32")
     inputs = load_inputs(data_path(name, "calib"))
     names = [i.name for i in sess.get_inputs()]
     n = min(n or 10**9, len(next(iter(inputs.values()))))
     sess.run(None, {k: inputs[k][:1] for k in names})  # warm-up, as quantize's session has
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(n):
         sess.run(None, {k: inputs[k][i : i + 1] for k in names})
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def quantize(name: str, recipe: str, n_calib: int | None, ranges: str | None):
@@ -75,8 +77,9 @@ def quantize(name: str, recipe: str, n_calib: int | None, ranges: str | None):
         ranges=ranges,
     )
     cfg = replace(cfg, **overrides)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = quantize_onnx(cfg)
+    result.cpu_seconds = time.process_time() - c0
     return out, time.perf_counter() - t0, result
 
 
@@ -114,8 +117,12 @@ def row(name: str, recipe: str, fp32_s: float, args, base: dict) -> dict:
     elif not overrides.get("equalize"):
         base[method] = (str(result.outputs["ranges"]), calib_s, result.images_used)
     r["quantize_s"] = round(secs, 2)
-    r["fp32_pass_s"] = round(fp32_s, 2)
-    r["cost_ratio"] = round(secs / fp32_s, 2)
+    r["fp32_pass_s"] = round(fp32_s[0], 2)
+    r["cost_ratio"] = round(secs / fp32_s[0], 2)
+    if not reuse:  # CPU seconds of the whole call (with reused ranges: not comparable)
+        r["quantize_cpu_s"] = round(result.cpu_seconds, 2)
+        r["fp32_pass_cpu_s"] = round(fp32_s[1], 2)
+        r["cpu_cost_ratio"] = round(result.cpu_seconds / fp32_s[1], 2)
     r["calibration_s"] = round(calib_s, 2)
     bc = result.bias_correction
     if bc and "corrected" in bc:
@@ -162,15 +169,18 @@ def markdown(rows: list[dict]) -> str:
     lines = [
         "# Robust ranges, safe bias correction, cross-layer equalization (zoo, trt-like)",
         "",
-        "`.venv/bin/python benchmarks/ptq_algorithms.py` — task metric of the INT8 model vs FP32",
-        "on the zoo's 128 eval samples (Q/DQ unfused = what TensorRT computes); cost = whole",
-        "`quantize_onnx` call / one plain FP32 ONNX Runtime pass over the 128 calibration samples",
-        "(batch 1, same process; the machine was shared by ~8 processes on 2 cores, so seconds",
-        "are noisy; * = ranges reused from the run of the same method, cost = own call + that",
+        "`.venv/bin/python benchmarks/ptq_algorithms.py --calib-samples 64 --eval-samples 32`:",
+        "task metric of the INT8 model vs FP32 on the first 32 of the zoo's eval samples (Q/DQ",
+        "unfused = what TensorRT computes), calibration on 64 samples, batch 1. Cost = whole",
+        "`quantize_onnx` call / one plain FP32 ONNX Runtime pass over the same calibration",
+        "samples, wall and (where measured) CPU seconds of the process. The machine ran ~20",
+        "processes on 2 cores (load 12-23): wall ratios are not comparable between rows (the",
+        "FP32 pass of one model took 2.5 s in one run, 13 s in another); the CPU ratios are the",
+        "figures to trust. * = ranges reused from the run of the same method, cost = own call + that",
         "run's calibration). BC kept/dropped: layers whose correction passed / failed the",
         "held-out check. Samples: see each row in the JSON (`metrics.samples`, `calib_samples`).",
         "",
-        "| model | recipe | primary | secondary | quantize s | cost × FP32 pass | BC kept/dropped (s) | CLE pairs (skipped) |",
+        "| model | recipe | primary | secondary | quantize s | cost × FP32 pass (wall / CPU) | BC kept/dropped (s) | CLE pairs (skipped) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -185,7 +195,8 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['model']} | {r['recipe']} | {r['primary']} {_f(m.get(r['primary']), 4)} | "
             f"{r['secondary']} {_f(m.get(r['secondary']), 4)} | {r['quantize_s']} | "
-            f"{r['cost_ratio']}{'*' if r.get('cost_estimated') else ''} | {bct} | {clet} |"
+            f"{r['cost_ratio']}{'*' if r.get('cost_estimated') else ''} / "
+            f"{r.get('cpu_cost_ratio', '—')} | {bct} | {clet} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -203,9 +214,16 @@ def main(argv=None) -> int:
             print(f"{name}: not prepared (benchmarks/zoo/prepare.py)", file=sys.stderr)
             continue
         fp32_s = fp32_pass_seconds(name, args.calib_samples)
-        base: dict = {}
+        base: dict = {}  # method -> (ranges file, calibration s, samples) of a run that calibrated
+        for x in data["rows"]:
+            method, over = RECIPES.get(x["recipe"], (None, {"equalize": True}))
+            ranges = OUT / f"{name}.{x['recipe']}.int8.ranges.json"
+            fresh = "failed" not in x and not x.get("cost_estimated") and not over.get("equalize")
+            if x["model"] == name and fresh and ranges.is_file():
+                base.setdefault(method, (str(ranges), x["calibration_s"], x["calib_samples"]))
         for recipe in args.recipes:
             r = row(name, recipe, fp32_s, args, base)
+            data = load()  # another run may have added rows meanwhile
             data["rows"] = [
                 x for x in data["rows"] if (x["model"], x["recipe"]) != (name, recipe)
             ] + [r]
