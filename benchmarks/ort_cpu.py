@@ -159,9 +159,11 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--tensorrt-ref", action="store_true", help="also int8kit's TensorRT target (trt-like)"
     )
+    ap.add_argument("--result", type=Path, default=RESULT, help="JSON to update")
     args = ap.parse_args(argv)
+    result_path = args.result
     WORK.mkdir(parents=True, exist_ok=True)
-    results = json.loads(RESULT.read_text()) if RESULT.is_file() else {"models": {}}
+    results = json.loads(result_path.read_text()) if result_path.is_file() else {"models": {}}
     cpu = cpu_features()
     results.update(
         {
@@ -178,10 +180,10 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         results["models"][name] = run_model(name, args)
         results["models"][name]["seconds"] = round(time.perf_counter() - t0, 1)
-        write_json(RESULT, results)  # after every model: a long run keeps what it measured
+        write_json(result_path, results)  # after every model: a long run keeps what it measured
         print(table({"models": {name: results["models"][name]}}).splitlines()[-1], flush=True)
     print(table(results))
-    print(f"wrote {relative(RESULT)}")
+    print(f"wrote {relative(result_path)}")
     return 0
 
 
