@@ -37,8 +37,10 @@ def load_results(backend: str) -> dict[str, dict]:
 
     out = {}
     for name in ZOO:
-        paths = [ZOO_RESULTS / f"{name}.{kind}.json" for kind in ("recipes", "peers")]
-        if not all(p.exists() for p in paths):
+        paths = sorted(ZOO_RESULTS.glob(f"{name}.recipes*.json")) + sorted(
+            ZOO_RESULTS.glob(f"{name}.peers*.json")
+        )
+        if not paths:
             continue
         mod = get(name)
         res = {"entries": {}}

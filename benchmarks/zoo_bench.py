@@ -369,6 +369,9 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=list(ZOO))
     p.add_argument("--recipes", nargs="+", help="recipes to run, in this order; default: all")
     p.add_argument("--peers", nargs="+", help="peers to run, in this order; default: all")
+    p.add_argument(
+        "--suffix", default="", help="write <model>.recipes<SUFFIX>.json: a parallel run's own file"
+    )
     p.add_argument("--no-recipes", action="store_true")
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--force", action="store_true", help="start the result files afresh")
@@ -388,7 +391,7 @@ def main(argv=None) -> int:
     for kind, label in todo:
         for name in a.models:
             # recipes and peers in files of their own, so two processes can fill them at once
-            path = ZOO_RESULTS / f"{name}.{kind}s.json"
+            path = ZOO_RESULTS / f"{name}.{kind}s{a.suffix}.json"
             res = json.loads(path.read_text()) if path.exists() and not a.force else {}
             res.setdefault("model", name)
             entries = res.setdefault("entries", {})
