@@ -115,24 +115,29 @@ def best_peer(m: dict, deployable_only: bool):
 
 def loo(results: dict, protocol: str) -> dict:
     names = list(results)
-    cands = common_recipes(results, names)
     rows = []
     for k in names:
         pool = [n for n in names if n != k]
         if protocol == "by-family":
             fam = [n for n in pool if results[n]["family"] == results[k]["family"]]
             pool = fam or pool
-        chosen, score = best_recipe(results, pool, cands)
+        # candidates: the recipes run on every model of the pool and on k
+        chosen, score = best_recipe(results, pool, common_recipes(results, pool + [k]))
         rows.append(row_for(results, k, chosen, score, pool))
-    default = {}
-    if protocol == "global":
-        default["all"] = best_recipe(results, names, cands)[0]
-    else:
-        for fam in ("conv", "transformer"):
-            members = [n for n in names if results[n]["family"] == fam]
-            if members:
-                default[fam] = best_recipe(results, members, cands)[0]
-    return {"rows": rows, "default": default, "candidates": len(cands)}
+    default, counts = {}, {}
+    groups = (
+        {"all": names}
+        if protocol == "global"
+        else {
+            fam: [n for n in names if results[n]["family"] == fam]
+            for fam in ("conv", "transformer")
+        }
+    )
+    for fam, members in groups.items():
+        if members:
+            cands = common_recipes(results, members)
+            default[fam], counts[fam] = best_recipe(results, members, cands)[0], len(cands)
+    return {"rows": rows, "default": default, "candidates": counts}
 
 
 def row_for(results: dict, k: str, recipe: str, score: float, pool: list[str]) -> dict:
@@ -179,7 +184,7 @@ def markdown(report: dict, backend: str) -> str:
         "Made by `.venv/bin/python benchmarks/choose_default.py` from `benchmarks/results/zoo/*.json`"
         " (`benchmarks/zoo_bench.py`). A recipe's value is the model's task metric against FP32;"
         ' ties are broken by the second metric. "≥ TRT peer": at least the best TensorRT-deployable'
-        " peer (signed INT8, zero point 0).",
+        " peer (signed INT8, zero point 0, one scale per activation tensor).",
         "",
     ]
     for protocol, rep in report["protocols"].items():
@@ -188,7 +193,8 @@ def markdown(report: dict, backend: str) -> str:
         lines += [
             f"## Protocol `{protocol}`: default = {', '.join(f'{f}: `{r}`' for f, r in rep['default'].items())}",
             "",
-            f"Left out model k, recipe chosen on the others ({rep['candidates']} candidates): "
+            f"Left out model k, recipe chosen on the others (candidates run on every model: "
+            f"{', '.join(f'{f} {n}' for f, n in rep['candidates'].items())}): "
             f"≥ best TRT-deployable peer on {n_trt}/{len(rep['rows'])}, ≥ best peer of any kind on "
             f"{n_any}/{len(rep['rows'])}.",
             "",

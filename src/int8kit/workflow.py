@@ -75,11 +75,19 @@ class CalibConfig:
                 f"cache_version must be a positive integer such as 8601, got {self.cache_version}"
             )
 
-    def resolve(self, qdq: bool) -> CalibConfig:
-        """This config with ``auto`` replaced by the method it stands for."""
+    def resolve(self, qdq: bool, target: str = "tensorrt") -> CalibConfig:
+        """This config with ``auto`` replaced by the method it stands for: the default recipe's
+        (recipes.py) for a TensorRT Q/DQ model, minmax for the ort-cpu target (what its figures
+        were measured with; the zoo choice was made for TensorRT), entropy for a cache."""
         if self.method != "auto":
             return self
-        return replace(self, method="minmax" if qdq else "entropy")
+        if not qdq:
+            return replace(self, method="entropy")
+        if target != "tensorrt":
+            return replace(self, method="minmax")
+        from int8kit.recipes import DEFAULTS
+
+        return replace(self, method=DEFAULTS["conv"].method)
 
 
 @dataclass
@@ -406,7 +414,7 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         if warning:
             log.warning(warning)
             result.target["warnings"].append(warning)
-    calib = config.calib.resolve(qdq=config.write_qdq)
+    calib = config.calib.resolve(qdq=config.write_qdq, target=config.target)
     result.method = calib.method
     searching = calib.method == "search" and placement is not None
     cache_wanted = config.write_cache or not config.write_qdq

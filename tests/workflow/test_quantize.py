@@ -11,6 +11,7 @@ from int8kit.data import DataConfig
 from int8kit.errors import DataError
 from int8kit.onnx.placement import PlacementConfig
 from int8kit.ranges import Ranges
+from int8kit.recipes import DEFAULTS
 from int8kit.workflow import CalibConfig, QuantizeConfig, calibrate_onnx, quantize_onnx
 
 
@@ -43,15 +44,16 @@ def test_quantize_writes_three_outputs_and_leaves_the_input_alone(chain, tmp_pat
 
     cache = CalibrationCache.read(cfg.cache_path)
     ranges = Ranges.read(cfg.ranges_path)
+    want = DEFAULTS["conv"].method  # what --method auto resolves to for a conv net
     # The cache covers every float activation: input, every node output (BN, Relu, ... too).
     expected = {"x", "c1", "bn1", "r1", "c2", "r2", "p", "gap", "f", "y"}
     assert set(cache.scales) == expected == set(ranges.tensors)
     for name, t in ranges.tensors.items():
         assert cache.scales[name] == pytest.approx(t.amax / 127, rel=1e-6)
-        assert t.method == "minmax" and t.stats["count"] > 0 and t.stats["nan"] == 0
+        assert t.method == want and t.stats["count"] > 0 and t.stats["nan"] == 0
     raw = json.load(open(cfg.ranges_path))
     # auto is written resolved (recipes.py), so the ranges file repeats the run exactly
-    assert raw["config"]["calib"]["method"] == "minmax" and r.method == "minmax"
+    assert raw["config"]["calib"]["method"] == want and r.method == want
     assert r.recipe["family"] == "conv"
     assert QuantizeConfig.from_dict(raw["config"]).to_dict() == raw["config"]  # repeatable
     fid = r.fidelity["trt-like"]["y"]
