@@ -62,36 +62,16 @@ def recipe_grid() -> dict[str, dict]:
 
 RECIPES = recipe_grid()
 
+from run_all import PEERS as TWO_MODEL_PEERS  # noqa: E402
+
 PEERS = {
-    # label: (venv, pip requirements, runner, variant)
-    "ort-minmax": ("ort", ["onnxruntime", "onnx", "numpy"], "peers/ort_runner.py", "MinMax"),
-    "ort-entropy": ("ort", ["onnxruntime", "onnx", "numpy"], "peers/ort_runner.py", "Entropy"),
-    "ort-percentile": (
-        "ort",
-        ["onnxruntime", "onnx", "numpy"],
-        "peers/ort_runner.py",
-        "Percentile",
-    ),
-    "modelopt-entropy": (
-        "modelopt",
-        ["nvidia-modelopt[onnx]"],
-        "peers/modelopt_runner.py",
-        "entropy",
-    ),
-    "modelopt-max": ("modelopt", ["nvidia-modelopt[onnx]"], "peers/modelopt_runner.py", "max"),
-    "nncf": ("nncf", ["nncf", "onnxruntime", "onnx", "numpy"], "peers/nncf_runner.py", "default"),
-    "nncf-signed": (
-        "nncf",
-        ["nncf", "onnxruntime", "onnx", "numpy"],
-        "peers/nncf_runner.py",
-        "signed",
-    ),
-    "nncf-transformer": (
-        "nncf",
-        ["nncf", "onnxruntime", "onnx", "numpy"],
-        "peers/nncf_runner.py",
-        "transformer",
-    ),
+    # label: (venv, pip requirements, runner, variant): the two-model benchmark's peers, and
+    # NNCF's transformer preset (run on transformers only)
+    **{
+        k: (venv, reqs, runner, variant or "default")
+        for k, (venv, reqs, runner, variant) in TWO_MODEL_PEERS.items()
+    },
+    "nncf-transformer": (*TWO_MODEL_PEERS["nncf"][:3], "transformer"),
 }
 
 
