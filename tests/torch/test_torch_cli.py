@@ -1,5 +1,4 @@
 import argparse
-import textwrap
 
 import pytest
 
@@ -54,21 +53,7 @@ def test_parse_shape_and_factory_errors():
 
 
 def test_cli_quantize_end_to_end(tmp_path, monkeypatch, capsys):
-    data = pytest.importorskip("int8kit.data")
-    pytest.importorskip("cv2")
-    pytest.importorskip("skimage")
-    images = tmp_path / "images"
-    data.write_photo_crops(images, 6, size=(40, 40), seed=0)
-    (tmp_path / "tinyfactory.py").write_text(
-        textwrap.dedent(
-            """
-            import torch_tiny
-
-            def build():
-                return torch_tiny.tiny_model()
-            """
-        )
-    )
+    images = torch_tiny.cli_inputs(tmp_path, 6)
     weights = tmp_path / "w.pth"
     torch.save(torch_tiny.tiny_model(seed=9).state_dict(), weights)
     monkeypatch.chdir(tmp_path)

@@ -6,13 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
+import torch_tiny  # noqa: E402
 from dist_launch import SRC, free_port  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -70,21 +70,7 @@ def _quantize(tmp_path, images, out, nproc):
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_write_the_one_process_ranges(tmp_path):
-    data = pytest.importorskip("int8kit.data")
-    pytest.importorskip("cv2")
-    pytest.importorskip("skimage")
-    images = tmp_path / "images"
-    data.write_photo_crops(images, 8, size=(40, 40), seed=0)
-    (tmp_path / "tinyfactory.py").write_text(
-        textwrap.dedent(
-            """
-            import torch_tiny
-
-            def build():
-                return torch_tiny.tiny_model()
-            """
-        )
-    )
+    images = torch_tiny.cli_inputs(tmp_path, 8)
     two = tmp_path / "two" / "tiny.int8.onnx"
     printed = _quantize(tmp_path, images, two, 2)
     assert [line.split()[0] for line in printed.splitlines()].count("ranges") == 1  # rank 0

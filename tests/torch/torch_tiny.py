@@ -79,3 +79,25 @@ def calibrated(method: str = "entropy", seed: int = 0, **config) -> TinyNet:
         iq.QuantConfig(method=method, **config),
         forward_loop=lambda m: [m(x) for x in data],
     )
+
+
+FACTORY = """
+import torch_tiny
+
+def build():
+    return torch_tiny.tiny_model()
+"""
+
+
+def cli_inputs(folder, n_images: int):
+    """Photo crops and a ``tinyfactory:build`` module in ``folder``, for ``int8kit torch
+    quantize`` tests; the images folder (skips where opencv or scikit-image is missing)."""
+    import pytest
+
+    data = pytest.importorskip("int8kit.data")
+    pytest.importorskip("cv2")
+    pytest.importorskip("skimage")
+    images = folder / "images"
+    data.write_photo_crops(images, n_images, size=(40, 40), seed=0)
+    (folder / "tinyfactory.py").write_text(FACTORY)
+    return images
