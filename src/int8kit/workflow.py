@@ -128,6 +128,9 @@ class QuantizeConfig:
     target_sqnr: float | None = None
     target_top1: float | None = None
     sensitivity_samples: int = 8  # calibration samples the layers are ranked on
+    # Most layers the fallback may leave float: a count, a share ("10%", 0.1), None: 10%. The
+    # ranges of the most sensitive layers are repaired first (analysis/fallback.py).
+    max_float_layers: int | float | str | None = None
     high_precision: str = "fp32"  # type of what stays float: fp32 | fp16 (onnx/fp16.py)
     keep_io_types: bool = True  # fp16: keep the model's FP32 inputs/outputs (Casts at the edge)
     report: str | None = None  # folder for report.md/.html and plots
@@ -158,6 +161,10 @@ class QuantizeConfig:
                 "equalization changes the FP32 weights, so a calibration cache would not fit the "
                 "original model: use the Q/DQ model (drop --cache), or drop --equalize"
             )
+        if self.max_float_layers is not None:
+            from int8kit.analysis.fallback import budget_of
+
+            budget_of(self.max_float_layers, 1)  # raises on a malformed value
         if self.fallback_target is not None and (self.data is None or self.holdout < 1):
             raise ValueError(
                 "a fidelity target needs calibration data (--calib) and held-out images "
@@ -235,6 +242,7 @@ class QuantizeConfig:
             "target_sqnr": self.target_sqnr,
             "target_top1": self.target_top1,
             "sensitivity_samples": self.sensitivity_samples,
+            "max_float_layers": self.max_float_layers,
             "high_precision": self.high_precision,
             "keep_io_types": self.keep_io_types,
             "report": self.report,
@@ -266,6 +274,7 @@ class QuantizeConfig:
             target_sqnr=d.get("target_sqnr"),
             target_top1=d.get("target_top1"),
             sensitivity_samples=d.get("sensitivity_samples", 8),
+            max_float_layers=d.get("max_float_layers"),
             high_precision=d.get("high_precision", "fp32"),
             keep_io_types=d.get("keep_io_types", True),
             report=d.get("report"),
@@ -431,7 +440,11 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
             _record_shapes(calib_src, result.input_shapes),
             calib,
             total=len(calib_src),
-            candidates_for=set(placement.activations) if searching else frozenset(),
+            candidates_for=(
+                set(placement.activations)
+                if searching or config.fallback_target is not None
+                else frozenset()
+            ),
             names=None if cache_wanted else list(placement.activations),
         )
         if searching:

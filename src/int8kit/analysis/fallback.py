@@ -1,18 +1,25 @@
-"""Fallback: leave the most sensitive layers in high precision until a fidelity target holds.
+"""Fallback within a layer budget: repair the ranges of the most sensitive layers, then leave
+the fewest layers in high precision until a fidelity target holds, never more than the budget.
 
 1. Rank the layers by sensitivity (``skip`` view: what leaving one layer in float wins, every
    other layer quantized) on a few calibration samples.
-2. On HELD-OUT samples, find the shortest prefix of that ranking whose exclusion meets the target
-   (galloping 1, 2, 4, ... then bisection, so a long prefix costs log2(layers) passes, not one
-   pass per layer; prefixes are taken to meet the target monotonically, which step 3 repairs).
-3. Prune: try quantizing each excluded layer again, least sensitive first, and keep it quantized
-   when the target still holds — so no layer is excluded that the target does not need.
+2. Ranges first: for the most sensitive layers, in rank order, try every candidate amax of the
+   layer's input activations (minmax, percentile, mse, entropy: recorded by the calibration pass)
+   and keep the one with the smallest output error on the ranking samples (coordinate descent:
+   each choice sees the others). A layer fixed this way costs no float.
+3. Float, one layer at a time: re-rank the layers still quantized (every other choice applied),
+   leave the best one in float, check the target on HELD-OUT samples; stop when it holds or when
+   ``max_float`` layers are float (default 10% of the quantized layers) — then the result says
+   which target was missed and by how much.
+4. Prune: try quantizing each float layer again, the last chosen first, and keep it quantized
+   when the target still holds.
 
-Every evaluation runs the one gated session of ``analysis.sensitivity`` (no model is rebuilt).
-The search runs excluded layers in FP32; FP16 (``--high-precision fp16``) adds noise far below
-any useful target (~70 dB SQNR), and the final model's fidelity is measured again anyway.
-Targets: ``sqnr_db`` applies to the worst output part (a detector's box and score parts apart),
-``top1`` to the worst classifier output's top-1 agreement with FP32.
+Every evaluation runs one gated session per sample set (``analysis.sensitivity``), with the
+repaired activations' scales fed as inputs: no model is rebuilt. Float layers run in FP32 here;
+FP16 (``--high-precision fp16``) adds noise far below any useful target (~70 dB SQNR), and the
+final model's fidelity is measured again anyway. Targets: ``sqnr_db`` applies to the worst output
+part (a detector's box and score parts apart), ``top1`` to the worst classifier output's top-1
+agreement with FP32.
 """
 
 from __future__ import annotations
@@ -67,19 +74,86 @@ class Target:
 
 @dataclass
 class FallbackResult:
-    excluded: list[str]  # node names left in high precision, most sensitive first
+    excluded: list[str]  # node names left in high precision, in the order they were chosen
     exclude: list[str]  # the same as anchored --exclude regexes
     reached: bool
     target: dict
     before: dict  # held-out metrics, every layer quantized
-    after: dict  # held-out metrics with ``excluded`` in float
+    after: dict  # held-out metrics with the repaired ranges and ``excluded`` in float
     layers: int
     evaluations: int
     holdout_samples: int
+    max_float: int = 0  # the budget of float layers
+    ranges: dict = field(default_factory=dict)  # {tensor: candidate method} changed by step 2
+    after_ranges: dict = field(default_factory=dict)  # held-out metrics after step 2 alone
+    missed: dict = field(default_factory=dict)  # {metric: {"reached": x, "target": y}}
     sensitivity: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def budget_of(max_float: int | float | str | None, layers: int) -> int:
+    """The float-layer budget: an int, a fraction of ``layers`` (0.1 or "10%"), None: 10%."""
+    if max_float is None:
+        max_float = 0.1
+    if isinstance(max_float, str):
+        text = max_float.strip()
+        try:
+            max_float = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise ValueError(
+                f"--max-float-layers takes a count (6) or a share of the layers (10%), "
+                f"got {text!r}"
+            ) from None
+    if max_float < 0:
+        raise ValueError(f"--max-float-layers must be >= 0, got {max_float}")
+    if isinstance(max_float, float) and max_float < 1:
+        return min(layers, math.ceil(max_float * layers))
+    return min(layers, int(max_float))
+
+
+def missed_by(target: Target, metrics: dict) -> dict:
+    """{metric: {"reached": value, "target": wanted}} for each part of ``target`` not met."""
+    out = {}
+    if target.sqnr_db is not None and not metrics["sqnr_db"] >= target.sqnr_db:
+        out["sqnr_db"] = {"reached": metrics["sqnr_db"], "target": target.sqnr_db}
+    if target.top1 is not None and not (metrics["top1"] or 0.0) >= target.top1:
+        out["top1"] = {"reached": metrics["top1"], "target": target.top1}
+    return out
+
+
+def repair_ranges(
+    runner: GatedRunner,
+    layers: list,
+    candidates: dict[str, dict[str, float]],
+    on: list[str],
+    progress: Callable = lambda it, **_: it,
+) -> dict[str, str]:
+    """Step 2 on ``runner`` (its ``amax`` is updated in place): per activation of ``layers`` (in
+    that order), the candidate amax with the smallest mean noise/signal with ``on`` quantized.
+    Returns {tensor: chosen method} for the tensors whose amax changed."""
+    best = runner.score(on)["nsr"]
+    chosen: dict[str, str] = {}
+    seen: set[str] = set()
+    tensors = [t for L in layers for t in L.activations if t in candidates]
+    for t in progress(tensors, desc="range repair", total=len(tensors)):
+        if t in seen:
+            continue
+        seen.add(t)
+        tried = [runner.amax[t]]
+        for method, value in candidates[t].items():
+            if not math.isfinite(value) or any(np.isclose(value, v, rtol=1e-6) for v in tried):
+                continue
+            tried.append(value)
+            keep = runner.amax[t]
+            runner.amax[t] = value
+            e = runner.score(on)["nsr"]
+            if e < best:
+                best, chosen[t] = e, method
+            else:
+                runner.amax[t] = keep
+    return chosen
 
 
 def find_fallback(
@@ -91,11 +165,19 @@ def find_fallback(
     target: Target,
     task: str = "auto",
     progress: Callable = lambda it, **_: it,
-) -> FallbackResult:
-    """The fewest layers to leave in float so that ``target`` holds on ``holdout_batches``."""
-    holdout = GatedRunner(model, placement, amax, list(holdout_batches), task)
+    max_float: int | float | str | None = None,
+    candidates: dict[str, dict[str, float]] | None = None,
+    repair_layers: int | None = None,
+) -> tuple[FallbackResult, dict[str, float]]:
+    """The fewest layers to leave in float, after repairing ranges, so that ``target`` holds on
+    ``holdout_batches``; at most ``max_float`` layers (see `budget_of`). ``candidates``:
+    {activation: {method: amax}} for the range repair (none: no repair). Returns the result and
+    the amax of every activation (repaired ones changed)."""
+    candidates = {t: c for t, c in (candidates or {}).items() if t in amax}
+    holdout = GatedRunner(model, placement, amax, list(holdout_batches), task, scaled=candidates)
     everything = [L.node for L in layers_of(model, placement)]
     holdout_n = sum(len(next(iter(f.values()))) for f in holdout.feeds)
+    budget = budget_of(max_float, len(everything))
 
     def check(excluded: list[str]) -> dict:
         return holdout.score([n for n in everything if n not in set(excluded)])
@@ -106,56 +188,58 @@ def find_fallback(
             "--target-top1 needs a classifier output (N, C); pass --task classify, or use "
             "--target-sqnr for other models"
         )
-    if target.met(before):
+
+    def result(excluded, after, **kw) -> FallbackResult:
         return FallbackResult(
-            [], [], True, asdict(target), before, before, len(everything), 1, holdout_n
+            excluded=excluded,
+            exclude=exclude_patterns(excluded),
+            reached=target.met(after),
+            target=asdict(target),
+            before=before,
+            after=after,
+            layers=len(everything),
+            evaluations=holdout.runs,
+            holdout_samples=holdout_n,
+            max_float=budget,
+            missed=missed_by(target, after),
+            **kw,
         )
+
+    if target.met(before):
+        return result([], before), dict(amax)
+    ranker = GatedRunner(model, placement, amax, list(rank_batches), task, scaled=candidates)
     sens = sensitivity(
-        model, amax, placement, rank_batches, task, modes=("skip",), progress=progress
+        model, amax, placement, None, task, modes=("skip",), progress=progress, runner=ranker
     )
-    ranking = [r.node for r in sens["rows"]]
-
-    # Galloping then bisection over the prefix length k: smallest k whose prefix meets target.
-    lo, hi, k = 0, None, 1
-    results: dict[int, dict] = {0: before}
-    while hi is None:
-        k = min(k, len(ranking))
-        results[k] = check(ranking[:k])
-        if target.met(results[k]):
-            hi = k
-        elif k == len(ranking):
-            hi = k  # everything in float; the target is out of reach
-        else:
-            lo, k = k, k * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        results[mid] = check(ranking[:mid])
-        if target.met(results[mid]):
-            hi = mid
-        else:
-            lo = mid
-    excluded = ranking[:hi]
-    after = results[hi]
-    reached = target.met(after)
-
-    if reached:  # prune: least sensitive first, re-quantize what the target does not need
+    by_node = {L.node: L for L in layers_of(model, placement)}
+    ranked = [by_node[r.node] for r in sens["rows"]]
+    n_repair = repair_layers if repair_layers is not None else max(16, 2 * budget)
+    chosen = repair_ranges(ranker, ranked[:n_repair], candidates, everything, progress)
+    holdout.amax.update(ranker.amax)
+    after_ranges = check([])
+    after, excluded = after_ranges, []
+    while not target.met(after) and len(excluded) < budget:
+        rest = [n for n in everything if n not in excluded]
+        pick = min(
+            progress(rest, desc=f"float layer {len(excluded) + 1}/{budget}", total=len(rest)),
+            key=lambda n: ranker.score([m for m in rest if m != n])["nsr"],
+        )
+        excluded.append(pick)
+        after = check(excluded)
+    if target.met(after):  # prune: the last chosen first, re-quantize what the target spares
         for node in reversed(list(excluded)):
             trial = [n for n in excluded if n != node]
             r = check(trial)
             if target.met(r):
                 excluded, after = trial, r
-    return FallbackResult(
+    found = result(
         excluded,
-        exclude_patterns(excluded),
-        reached,
-        asdict(target),
-        before,
         after,
-        len(everything),
-        holdout.runs,
-        holdout_n,
-        rows_to_dicts(sens),
+        ranges=chosen,
+        after_ranges=after_ranges,
+        sensitivity=rows_to_dicts(sens),
     )
+    return found, dict(holdout.amax)
 
 
 def spread_samples(source, n: int) -> list[dict[str, np.ndarray]]:
@@ -169,12 +253,13 @@ def run_fallback(model, placement: Placement, ranges, calib_src, holdout_src, co
     """``quantize_onnx``'s fallback step: (result dict, placement with the layers excluded).
 
     Layers are ranked on ``config.sensitivity_samples`` calibration samples and the target is
-    checked on the held-out split; the new placement is ``plan`` with the anchored node-name
-    regexes added to ``--exclude``, exactly what a rerun with those flags produces."""
+    checked on the held-out split. Repaired ranges are written into ``ranges`` (method
+    ``fallback:<candidate>``); the new placement is ``plan`` with the anchored node-name regexes
+    added to ``--exclude``: exactly what a rerun with that ranges file and those flags produces."""
     from int8kit.data import progress
     from int8kit.onnx.placement import plan
 
-    found = find_fallback(
+    found, amax = find_fallback(
         model,
         ranges.amax(),
         placement,
@@ -183,6 +268,11 @@ def run_fallback(model, placement: Placement, ranges, calib_src, holdout_src, co
         config.fallback_target,
         task=config.task,
         progress=progress,
+        max_float=config.max_float_layers,
+        candidates={n: r.candidates for n, r in ranges.tensors.items() if r.candidates},
     )
+    for name, method in found.ranges.items():
+        ranges.tensors[name].amax = amax[name]
+        ranges.tensors[name].method = f"fallback:{method}"
     new = replace(config.placement, exclude=list(config.placement.exclude) + found.exclude)
     return found.to_dict(), plan(model, new)

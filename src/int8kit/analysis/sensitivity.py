@@ -29,6 +29,7 @@ from int8kit._deps import require
 from int8kit.analysis.detection import split_yolo_output
 from int8kit.analysis.fidelity import TASKS, guess_task
 from int8kit.analysis.metrics import ClassifyStats, OutputStats
+from int8kit.calib.collector import safe_amax
 from int8kit.onnx.placement import Placement
 
 __all__ = [
@@ -184,10 +185,17 @@ class GatedRunner:
     """One gated session and the FP32 references of a fixed list of samples: ``score(on)``
     returns the fidelity with exactly the layers in ``on`` quantized."""
 
-    def __init__(self, model, placement, amax, batches, task: str = "auto"):
+    def __init__(self, model, placement, amax, batches, task: str = "auto", scaled=()):
         from int8kit.onnx.observe import make_session
+        from int8kit.onnx.search import _scales_as_inputs
 
         gated, self.gates = gated_model(model, placement, amax)
+        # Activations in ``scaled`` take their scale from ``self.amax`` at each run, so a range
+        # can be changed without rebuilding the session.
+        self.scaled = [t for t in placement.activations if t in set(scaled)]
+        self.amax = dict(amax)
+        if self.scaled:
+            gated = _scales_as_inputs(gated, self.scaled)
         self.session = make_session(gated, optimize=False)
         fp32 = make_session(model)
         self.names = [o.name for o in fp32.get_outputs()]
@@ -205,6 +213,10 @@ class GatedRunner:
     def score(self, on: Iterable[str]) -> dict:
         on = set(on)
         gates = {g: np.array(node in on) for node, g in self.gates.items()}
+        gates.update(
+            (f"{t}_scale", np.array(safe_amax(self.amax[t]) / 127.0, np.float32))
+            for t in self.scaled
+        )
         scorer = Scorer(self.task)
         for feed, ref in zip(self.feeds, self.refs, strict=True):
             out = self.session.run(self.names, {**feed, **gates})

@@ -195,6 +195,12 @@ def add_fallback_args(parser: argparse.ArgumentParser) -> None:
         "--task classify)",
     )
     g.add_argument(
+        "--max-float-layers",
+        metavar="N|P%",
+        help="most layers the target may leave unquantized: a count or a share of the quantized "
+        "layers (default 10%%); the most sensitive layers' ranges are repaired first",
+    )
+    g.add_argument(
         "--sensitivity-samples",
         type=int,
         default=8,
@@ -251,6 +257,7 @@ def build_config(args: argparse.Namespace, write_qdq: bool = True):
             target_sqnr=getattr(args, "target_sqnr", None),
             target_top1=getattr(args, "target_top1", None),
             sensitivity_samples=getattr(args, "sensitivity_samples", 8),
+            max_float_layers=getattr(args, "max_float_layers", None),
             high_precision=getattr(args, "high_precision", "fp32"),
             keep_io_types=getattr(args, "keep_io_types", True),
             report=getattr(args, "report", None),
@@ -464,6 +471,16 @@ def _print_fallback(fb: dict, p) -> None:
         f"({fb['evaluations']} evaluations)"
     )
     p(f"    all quantized: {metrics(fb['before'])}; with fallback: {metrics(fb['after'])}")
+    if fb.get("ranges"):
+        picks = ", ".join(f"{t} -> {m}" for t, m in list(fb["ranges"].items())[:5])
+        more = f" (+{len(fb['ranges']) - 5} more)" if len(fb["ranges"]) > 5 else ""
+        p(f"    ranges repaired first ({metrics(fb['after_ranges'])}): {picks}{more}")
+    for name, m in fb.get("missed", {}).items():
+        unit = " dB" if name == "sqnr_db" else ""
+        p(
+            f"    MISSED {name}: {fmt(m['reached'])}{unit} < {fmt(m['target'])}{unit} with the "
+            f"budget of {fb['max_float']} float layers spent (--max-float-layers to allow more)"
+        )
     if fb["exclude"]:
         p("    reproduce without the search:")
         p("      " + " ".join(f"--exclude '{x}'" for x in fb["exclude"]))
