@@ -13,6 +13,7 @@ METHODS = ("entropy", "minmax", "percentile", "mse")
 NUM_QUANT_BINS = 128  # int8 levels on one side of zero
 _CHUNK_ELEMENTS = 1 << 22  # bound on temporary array sizes in the vectorised searches
 _MSE_MAX_BINS = 16384
+_MSE_COARSE = 256  # candidates of the first, coarse pass of the MSE search
 
 
 def _validate(counts: np.ndarray, edges: np.ndarray) -> None:
@@ -125,13 +126,15 @@ def _rebin(counts: np.ndarray, edges: np.ndarray, max_bins: int) -> tuple[np.nda
     return merged, np.arange(merged.size + 1) * width
 
 
-def mse_errors(counts: np.ndarray, edges: np.ndarray, start: int = NUM_QUANT_BINS) -> np.ndarray:
+def mse_errors(
+    counts: np.ndarray, edges: np.ndarray, start: int = NUM_QUANT_BINS, which=None
+) -> np.ndarray:
     """Histogram-weighted squared error of fake-quantising the bin centres, for each candidate
-    amax = centre of bin ``start .. n-1``."""
+    amax = centre of bin ``start .. n-1`` (or only the candidates of index array ``which``)."""
     centres = (edges[1:] + edges[:-1]) / 2
     nz = counts > 0
     c, w = centres[nz], counts[nz].astype(np.float64)
-    cand = centres[start:]
+    cand = centres[start:] if which is None else centres[start:][which]
     out = np.empty(cand.size)
     step = max(1, _CHUNK_ELEMENTS // max(1, c.size))
     for s in range(0, cand.size, step):
@@ -149,9 +152,24 @@ def amax_mse(counts: np.ndarray, edges: np.ndarray) -> float:
     counts, edges = _rebin(counts, edges, _MSE_MAX_BINS)
     if counts.size <= NUM_QUANT_BINS:
         return amax_minmax(counts, edges)
-    err = mse_errors(counts, edges)
-    k = int(np.argmin(err))
+    k = _mse_argmin(counts, edges)
     return float((edges[NUM_QUANT_BINS + k] + edges[NUM_QUANT_BINS + k + 1]) / 2)
+
+
+def _mse_argmin(counts: np.ndarray, edges: np.ndarray, coarse: int = _MSE_COARSE) -> int:
+    """Index (from bin 128) of the candidate with the smallest ``mse_errors``, coarse to fine:
+    every ``stride``-th candidate first (``coarse`` of them), then every candidate within one
+    stride of the best. The error is smooth in amax at the scale of a stride (a sum over
+    thousands of bins), so this finds the exhaustive search's minimum (tested) at a fraction of
+    its cost: the exhaustive search is O(bins^2), about 1 s a tensor at 8192 bins."""
+    n = counts.size - NUM_QUANT_BINS
+    stride = max(1, n // coarse)
+    if stride == 1:
+        return int(np.argmin(mse_errors(counts, edges)))
+    grid = np.arange(0, n, stride)
+    best = int(grid[np.argmin(mse_errors(counts, edges, which=grid))])
+    window = np.arange(max(0, best - stride), min(n, best + stride + 1))
+    return int(window[np.argmin(mse_errors(counts, edges, which=window))])
 
 
 def compute_amax(
