@@ -73,6 +73,10 @@ def batches(n: int = 4, batch: int = 4, size: int = 16, seed: int = 1) -> list[t
 
 
 def calibrated(method: str = "entropy", seed: int = 0, **config) -> TinyNet:
+    """TinyNet calibrated on `batches()`. The stem is quantized and biases are not corrected
+    unless ``config`` says otherwise: the mechanics tests read the stem conv's quantizers and
+    the exact quantized formula (tests/torch/test_torch_recipe.py covers the defaults)."""
+    config = {"quantize_input_layers": True, "bias_correction": False, **config}
     data = batches()
     return iq.quantize(
         tiny_model(seed),

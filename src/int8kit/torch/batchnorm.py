@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from int8kit.torch.modules import BIAS_SHIFT
+
 PAIRS_ATTR = "_int8kit_conv_bn"
 _CONVS = (
     nn.Conv1d,
@@ -93,6 +95,9 @@ def fold_into(conv: nn.Module, bn: nn.Module) -> None:
     else:
         shape = [-1] + [1] * (w.dim() - 1)
     w.mul_(k.reshape(shape).to(w.dtype))
+    shift = conv._buffers.get(BIAS_SHIFT)  # a bias correction moves with the output channel
+    if shift is not None:
+        shift.mul_(k.to(shift.dtype))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     new_bias = (bias - bn.running_mean) * k + beta
     if conv.bias is None:

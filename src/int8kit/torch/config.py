@@ -8,6 +8,8 @@ from typing import Any
 
 from int8kit.calib.methods import METHODS
 
+CONFIG_METHODS = ("auto", *METHODS)
+
 # Module kinds that get quantizers; the names are the torch.nn base classes (see modules.RULES).
 OP_TYPES = (
     "Conv1d",
@@ -28,8 +30,9 @@ OP_TYPES = (
 class QuantConfig:
     """How to quantize a PyTorch model.
 
-    method: range method for activations (entropy | minmax | percentile | mse), the same numpy
-        functions as the ONNX path (`int8kit.calib.methods`).
+    method: range method for activations (auto | entropy | minmax | percentile | mse), the same
+        numpy functions as the ONNX path (`int8kit.calib.methods`). ``auto`` (the default) is the
+        ONNX path's default recipe (`int8kit.recipes`, resolved by `int8kit.torch.recipe`).
     percentile: for method="percentile".
     num_bins: histogram bins over [0, first batch max] (more are appended as the range grows).
     exclude: regular expressions; a module whose qualified name matches one (re.search) is left
@@ -39,20 +42,30 @@ class QuantConfig:
     distributed: under torch.distributed (an initialised process group), reduce the calibration
         statistics across ranks so that every rank gets the amax of one process that saw every
         rank's data (False: each rank keeps the ranges of its own data).
+    quantize_input_layers: also quantize the layers that read the network input (the stem);
+        by default they stay float, as in the ONNX path (`int8kit.torch.stem`).
+    bias_correction: after calibration, shift the bias of each Conv/Linear with int8 weights by
+        the mean error of its output (`int8kit.torch.bias`); applied in mode "quantize" only.
+    bias_gate: keep a layer's correction only where it lowers that layer's output error on
+        calibration samples held out from its estimate (`int8kit.onnx.bias_safe`'s rule).
     """
 
-    method: str = "entropy"
+    method: str = "auto"
     percentile: float = 99.99
     num_bins: int = 2048
     exclude: list[str] = field(default_factory=list)
     op_types: list[str] = field(default_factory=lambda: list(OP_TYPES))
     per_channel: bool = True
     distributed: bool = True
+    quantize_input_layers: bool = False
+    bias_correction: bool = True
+    bias_gate: bool = True
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
+        if self.method not in CONFIG_METHODS:
             raise ValueError(
-                f"QuantConfig.method {self.method!r} is unknown; choose one of {', '.join(METHODS)}"
+                f"QuantConfig.method {self.method!r} is unknown; choose one of "
+                f"{', '.join(CONFIG_METHODS)}"
             )
         if not 0.0 < float(self.percentile) <= 100.0:
             raise ValueError(f"QuantConfig.percentile must be in (0, 100] (got {self.percentile})")
@@ -80,6 +93,9 @@ class QuantConfig:
             )
         self.per_channel = bool(self.per_channel)
         self.distributed = bool(self.distributed)
+        self.quantize_input_layers = bool(self.quantize_input_layers)
+        self.bias_correction = bool(self.bias_correction)
+        self.bias_gate = bool(self.bias_gate)
 
     def excluded(self, name: str) -> bool:
         """True when the module called ``name`` matches one of the exclude patterns."""
@@ -94,4 +110,6 @@ class QuantConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"QuantConfig has no fields {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        # A config written before the recipe existed quantized the stem and had no correction.
+        old = {"quantize_input_layers": True, "bias_correction": False}
+        return cls(**{**(old if "bias_correction" not in d else {}), **d})

@@ -28,8 +28,8 @@ from torch import nn
 from int8kit._deps import require
 from int8kit.calib.cache import CalibrationCache
 from int8kit.fileio import atomic_path, write_json
-from int8kit.torch import distributed
-from int8kit.torch.quantize import get_config, quantizers, set_mode
+from int8kit.torch import bias, distributed, stem
+from int8kit.torch.quantize import get_config, get_recipe, quantizers, set_mode
 
 
 def output_paths(path: str | os.PathLike) -> dict[str, Path]:
@@ -185,6 +185,9 @@ def export_onnx(
         "format": "int8kit.ranges/1",
         "source": "torch",
         "config": config.to_dict() if config else None,
+        "recipe": get_recipe(qmodel),  # what method "auto" resolved to (empty: given explicitly)
+        "input_layers_float": stem.input_layers(qmodel),
+        "bias_correction": bias.summary_of(qmodel),
         "tensors": ranges,
         "weights": {
             n: {"axis": q.axis, "channels": int(q.amax.numel())} for n, q in active if q.is_weight

@@ -20,6 +20,8 @@ from torch import nn
 
 from int8kit.torch.quantizer import TensorQuantizer
 
+BIAS_SHIFT = "bias_shift"  # buffer of a bias-corrected module: added to its bias when quantized
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -78,7 +80,11 @@ class QuantInputMixin:
 
 
 class QuantWeightMixin:
-    """Quantizes the first input and, for this call only, the weight the module's forward reads."""
+    """Quantizes the first input and, for this call only, the weight the module's forward reads.
+
+    With a bias correction (buffer ``BIAS_SHIFT``, set by `int8kit.torch.bias`) the bias it reads
+    in mode "quantize" is ``bias + shift``; in modes "off" and "calibrate" the module computes
+    its FP32 function unchanged."""
 
     input_quantizer: TensorQuantizer
     weight_quantizer: TensorQuantizer
@@ -88,10 +94,21 @@ class QuantWeightMixin:
         # An instance attribute shadows the parameter (nn.Module.__getattr__ is only the
         # fallback), so the class's own forward — padding and all — reads the quantized weight.
         self.__dict__["weight"] = self.weight_quantizer(self._parameters["weight"])
+        shift = self._buffers.get(BIAS_SHIFT)
+        if shift is not None and self.weight_quantizer.mode == "quantize":
+            bias = self._parameters.get("bias")
+            self.__dict__["bias"] = shift if bias is None else bias + shift
         try:
             return super().forward(input, *args, **kwargs)
         finally:
             del self.__dict__["weight"]
+            self.__dict__.pop("bias", None)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + BIAS_SHIFT
+        if key in state_dict and self._buffers.get(BIAS_SHIFT) is None:
+            self.register_buffer(BIAS_SHIFT, torch.zeros_like(state_dict[key]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 _CLASSES: dict[tuple[type, type], type] = {}
@@ -127,4 +144,5 @@ def unconvert(module: nn.Module) -> None:
     for name in ("input_quantizer", "weight_quantizer"):
         if name in module._modules:
             del module._modules[name]
+    module._buffers.pop(BIAS_SHIFT, None)
     module.__class__ = base

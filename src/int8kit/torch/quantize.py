@@ -8,16 +8,21 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from int8kit.torch import batchnorm, distributed
+from int8kit.torch import batchnorm, distributed, recipe, stem
 from int8kit.torch.config import QuantConfig
 from int8kit.torch.modules import QuantAdd, convert, match_rule
 from int8kit.torch.quantizer import MODES, TensorQuantizer
 
 CONFIG_ATTR = "_int8kit_config"
+RECIPE_ATTR = "_int8kit_recipe"
+SAMPLES_ATTR = "_int8kit_calib_samples"
 
 
 def replace_modules(model: nn.Module, config: QuantConfig) -> list[str]:
-    """Swap every module that `modules.RULES` and ``config`` select; returns their names."""
+    """Swap every module that `modules.RULES` and ``config`` select; returns their names.
+    ``method="auto"`` is resolved here (`int8kit.torch.recipe`); `get_config` returns the
+    resolved config and `get_recipe` what ``auto`` stood for."""
+    config, record = recipe.resolve(config, model)
 
     def make(axis: int | None, is_weight: bool) -> TensorQuantizer:
         return TensorQuantizer(
@@ -51,6 +56,7 @@ def replace_modules(model: nn.Module, config: QuantConfig) -> list[str]:
         convert(module, rule, make)
         swapped.append(name)
     object.__setattr__(model, CONFIG_ATTR, config)
+    object.__setattr__(model, RECIPE_ATTR, record)
     return swapped
 
 
@@ -72,18 +78,41 @@ def set_mode(model: nn.Module, mode: str) -> None:
 def calibrate(model: nn.Module, forward_loop: Callable[[nn.Module], object]) -> dict[str, float]:
     """Run ``forward_loop(model)`` with every activation quantizer collecting a histogram,
     then set each amax by its method. The model runs in eval mode without gradients.
+
+    By the model's config (`QuantConfig`): the layers reading the network input stay float
+    (`int8kit.torch.stem`, found on the first forward), and after the ranges a second, shorter
+    run of ``forward_loop`` estimates the gated bias correction (`int8kit.torch.bias`).
     Returns {quantizer name: amax}."""
+    config = get_config(model) or QuantConfig()
     was_training = model.training
     model.eval()
     set_mode(model, "calibrate")
     for _, q in quantizers(model):
         q.reset()
+    if not config.quantize_input_layers:
+        stem.watch(model)
+    seen = [0]
+
+    def count(_module, args, kwargs):
+        if not stem.probing(model):
+            seen[0] += stem.batch_size(args, kwargs)
+
+    counter = model.register_forward_pre_hook(count, with_kwargs=True)
     try:
         with torch.no_grad(), batchnorm.record_conv_bn_pairs(model):
             forward_loop(model)
     finally:
+        counter.remove()
+        stem.unwatch(model)
         model.train(was_training)
-    return load_amax(model)
+    object.__setattr__(model, SAMPLES_ATTR, seen[0])
+    amax = load_amax(model)
+    if config.bias_correction:
+        from int8kit.torch.bias import bias_correct
+
+        gate = {} if config.bias_gate else {"gate_samples": 0}
+        bias_correct(model, forward_loop, num_samples=seen[0], reduce=config.distributed, **gate)
+    return amax
 
 
 def quantize(
@@ -94,8 +123,10 @@ def quantize(
     """Swap the quantizable modules of ``model`` in place and, with ``forward_loop``, calibrate.
 
     ``forward_loop(model)`` runs the model over the calibration data (it owns the data;
-    e.g. ``lambda m: [m(x) for x in loader]``). Without it the model is left in mode
-    "calibrate": run it over the data yourself, then call `load_amax`.
+    e.g. ``lambda m: [m(x) for x in loader]``); it is called twice when bias correction is on
+    (the second time stopped after 48 samples). Without it the model is left in mode
+    "calibrate": run it over the data yourself, then call `load_amax` (and, for the bias
+    correction, `int8kit.torch.bias_correct(model, forward_loop)`).
     """
     config = config or QuantConfig()
     replace_modules(model, config)
@@ -103,6 +134,8 @@ def quantize(
         calibrate(model, forward_loop)
     else:
         set_mode(model, "calibrate")
+        if not get_config(model).quantize_input_layers:
+            stem.watch(model)  # load_amax removes the hook if no forward came
     return model
 
 
@@ -113,6 +146,7 @@ def load_amax(model: nn.Module) -> dict[str, float]:
     every rank must call this: the ranks' statistics are reduced first
     (`int8kit.torch.distributed`), so every rank gets the amax of one process that saw all data.
     """
+    stem.unwatch(model)
     config = get_config(model)
     if distributed.active() and (config is None or config.distributed):
         distributed.reduce_collectors(
@@ -144,3 +178,8 @@ def load_amax(model: nn.Module) -> dict[str, float]:
 
 def get_config(model: nn.Module) -> QuantConfig | None:
     return getattr(model, CONFIG_ATTR, None)
+
+
+def get_recipe(model: nn.Module) -> dict:
+    """What ``method="auto"`` resolved to for ``model`` (`int8kit.recipes`); empty otherwise."""
+    return dict(getattr(model, RECIPE_ATTR, {}))
