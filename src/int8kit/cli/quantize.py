@@ -6,11 +6,10 @@ import argparse
 
 import numpy as np
 
-from int8kit.analysis.fidelity import failure
 from int8kit.calib.cache import ALGORITHMS, DEFAULT_VERSION
 from int8kit.cli.dataargs import CONFIG_FLAGS, add_data_args, data_config, flag_error
 from int8kit.cli.eval import fmt
-from int8kit.errors import Int8kitError
+from int8kit.cli.summary import print_bias_correction, print_fidelity, print_trtexec
 from int8kit.fileio import check_outputs
 from int8kit.onnx.placement import PlacementConfig
 from int8kit.onnx.targets import TARGETS
@@ -367,20 +366,7 @@ def print_summary(result, out=None) -> None:
         for pair, why in list(eq["skipped"].items())[:3]:
             p(f"    skipped {pair}: {why}")
     _print_ptq(result, p)
-    bc = result.bias_correction
-    if bc.get("corrected") or bc.get("dropped"):
-        gate = (
-            f", {len(bc['dropped'])} dropped by the check on {bc['gate_samples']} held-out samples"
-            if bc.get("gate_samples")
-            else ""
-        )
-        stats = f" ({bc['stats']} statistics)" if bc.get("stats") == "empirical" else ""
-        p(
-            f"  bias correction{stats}: {len(bc['corrected'])} layers{gate}, mean |shift| "
-            f"{bc['mean_abs_shift']:.3g} ({bc['seconds']:.1f} s)"
-        )
-    elif bc.get("not_run"):
-        p(f"  bias correction not run: {bc['not_run']}")
+    print_bias_correction(result.bias_correction, p)
     if result.nonfinite:
         p(
             f"  WARNING: {len(result.nonfinite)} tensors produced NaN/Inf (left out of the statistics):"
@@ -396,31 +382,7 @@ def print_summary(result, out=None) -> None:
         )
     for kind, path in result.outputs.items():
         p(f"  wrote {kind:8s} {path}")
-    if result.fidelity:
-        p(f"  fidelity on {result.holdout_images} held-out samples (INT8 vs FP32):")
-        for backend, outputs in result.fidelity.items():
-            if failure(outputs):
-                p(f"    {backend:9s} FAILED: {failure(outputs)}")
-                continue
-            label = (
-                "as TensorRT computes (Q/DQ unfused)"
-                if backend == "trt-like"
-                else "ONNX Runtime integer kernels"
-            )
-            for name, m in outputs.items():
-                parts = [f"SQNR {fmt(m['sqnr_db'])} dB", f"cos {fmt(m['cosine'])}"]
-                if m.get("task") == "detect":
-                    parts += [
-                        f"box SQNR {fmt(m['box_sqnr_db'])} dB",
-                        f"score SQNR {fmt(m['score_sqnr_db'])} dB",
-                        f"mAP@0.5 {fmt(m['map50'])}",
-                    ]
-                if m.get("task") == "classify":
-                    parts += [
-                        f"top-1 agree {fmt(m['top1_agreement'])}",
-                        f"top-5 overlap {fmt(m['topk_overlap'])}",
-                    ]
-                p(f"    {backend:9s} {name}: " + ", ".join(parts) + f"   [{label}]")
+    print_fidelity(result.fidelity, result.holdout_images, p)
     if "qdq_onnx" in result.outputs and cfg.target == "tensorrt":
         _print_trtexec(result, p)
 
@@ -487,20 +449,12 @@ def _print_fallback(fb: dict, p) -> None:
 
 
 def _print_trtexec(result, p) -> None:
-    from int8kit.trt.commands import summary_commands
-    from int8kit.trt.profiles import derive_profiles
-
     cfg = result.config
-    shapes = {n: (tuple(s),) for n, s in result.input_shapes.items()}
-    try:
-        from int8kit.onnx.model_io import load_model
-
-        profiles = derive_profiles(load_model(cfg.model, load_weights=False), shapes)
-    except Int8kitError:
-        profiles = None
-    stem = cfg.stem
-    p("  TensorRT:")
-    for label, cmd in summary_commands(
-        cfg.model, result.outputs["qdq_onnx"], result.outputs.get("cache"), stem, profiles
-    ):
-        p(f"    # {label}\n    {cmd}")
+    print_trtexec(
+        cfg.model,
+        result.outputs["qdq_onnx"],
+        result.outputs.get("cache"),
+        cfg.stem,
+        result.input_shapes,
+        p,
+    )

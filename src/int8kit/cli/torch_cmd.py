@@ -7,6 +7,7 @@ import importlib
 import os
 import sys
 
+from int8kit.calib.methods import METHODS
 from int8kit.cli.dataargs import flag_error
 from int8kit.errors import Int8kitError, ModelError
 from int8kit.fileio import check_outputs
@@ -43,9 +44,42 @@ def register(subparsers) -> None:
     q.add_argument("--weights", help="state dict file (.pth/.pt), loaded with weights_only=True")
     q.add_argument("--calib", required=True, help="folder of calibration images")
     q.add_argument("-o", "--output", required=True, help="Q/DQ ONNX path, e.g. model.int8.onnx")
-    q.add_argument("--method", default="entropy", help="entropy | minmax | percentile | mse")
+    q.add_argument(
+        "--method",
+        default="auto",
+        choices=("auto", *METHODS),
+        help="activation range method. auto (default): the default recipe of `int8kit "
+        "quantize` (int8kit.recipes; the summary says what it resolved to)",
+    )
     q.add_argument("--percentile", type=float, default=99.99)
     q.add_argument("--exclude", action="append", default=[], help="module-name regex (repeat)")
+    q.add_argument(
+        "--quantize-input-layers",
+        action="store_true",
+        help="also quantize the layers that read the network input (the stem conv); by default "
+        "they stay float, as in `int8kit quantize`",
+    )
+    q.add_argument(
+        "--bias-correction",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="shift the biases of Conv/Linear layers with int8 weights so their mean output "
+        "matches FP32 (default on; in the Q/DQ model only)",
+    )
+    q.add_argument(
+        "--bias-gate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep a layer's bias correction only where it lowers that layer's output error on "
+        "calibration samples held out from its estimate (default on)",
+    )
+    q.add_argument(
+        "--holdout",
+        type=int,
+        default=4,
+        help="images kept out of calibration to measure INT8 vs FP32 (0: skip)",
+    )
+    q.add_argument("--task", default="auto", choices=["auto", "raw", "classify", "detect"])
     q.add_argument("--input-shape", default="1x3x224x224", help="NxCxHxW (default 1x3x224x224)")
     q.add_argument("--num-samples", type=int, default=256, help="calibration images to use")
     q.add_argument("--batch-size", type=int, default=16)
@@ -127,14 +161,23 @@ def run(args: argparse.Namespace) -> int:
     from int8kit._deps import require
 
     torch = require("torch", "int8kit torch")
-    from int8kit.data import DataConfig, InputSpec, PreprocessConfig, make_source
+    from int8kit.data import DataConfig, InputSpec, PreprocessConfig, make_source, split
     from int8kit.torch import QuantConfig
     from int8kit.torch.export import output_paths
     from int8kit.torch.workflow import load_weights, quantize_to_onnx
 
     shape = parse_shape(args.input_shape)
+    if args.holdout < 0:
+        raise Int8kitError(f"--holdout must be >= 0, got {args.holdout}")
     try:
-        config = QuantConfig(method=args.method, percentile=args.percentile, exclude=args.exclude)
+        config = QuantConfig(
+            method=args.method,
+            percentile=args.percentile,
+            exclude=args.exclude,
+            quantize_input_layers=args.quantize_input_layers,
+            bias_correction=args.bias_correction,
+            bias_gate=args.bias_gate,
+        )
         pre = PreprocessConfig(
             recipe=args.recipe,
             size=shape[2:],
@@ -164,11 +207,19 @@ def run(args: argparse.Namespace) -> int:
     device = distributed.init_from_env(args.device)
     joined = joined and distributed.active()  # this call started the process group
     model.to(device)
-    source = make_source(data, [InputSpec("input", (None, *shape[1:]))])
+    specs = [InputSpec("input", (None, *shape[1:]))]
+    held = None
+    if args.holdout:
+        source, held = split(data, specs, args.holdout)
+    else:
+        source = make_source(data, specs)
     source = shard_source(source, distributed.rank(), distributed.world_size())
 
     def batches():
         return (torch.from_numpy(b["input"]) for b in source)
+
+    def holdout():
+        return (torch.from_numpy(b["input"]) for b in held)
 
     summary = quantize_to_onnx(
         model,
@@ -179,17 +230,54 @@ def run(args: argparse.Namespace) -> int:
         qat_epochs=args.qat_epochs,
         lr=args.lr,
         opset=args.opset,
+        holdout=holdout if held is not None else None,
+        task=args.task,
     )
     main_rank = distributed.is_main()
     if joined:
         torch.distributed.destroy_process_group()
-    if not main_rank:
-        return 0
+    if main_rank:
+        print_summary(summary, args.factory)
+    return 0
+
+
+def print_summary(summary: dict, factory: str, out=None) -> None:
+    """What `int8kit quantize` prints, for the PyTorch path (cli.summary holds the shared
+    parts): recipe, calibration, float stem, bias correction, QAT, files, held-out fidelity,
+    trtexec lines."""
+    from int8kit.cli.summary import print_bias_correction, print_fidelity, print_trtexec
+
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    method = summary["config"]["method"]
+    rec = summary.get("recipe")
+    if rec:
+        method = f"auto ({rec['family']}): {method}"
+    p(f"int8kit: {factory} -> INT8 ({method}) in {summary.get('seconds', 0.0):.1f} s")
+    p(
+        f"  calibration: {summary.get('calibration_samples', 0)} samples, "
+        f"{summary['calibration_s']:.1f} s; {summary.get('quantizers', 0)} quantizers"
+    )
+    stem = summary.get("input_layers_float")
+    if stem:
+        p(
+            f"  float (read the network input): {', '.join(stem)} "
+            "(--quantize-input-layers quantizes them)"
+        )
+    print_bias_correction(summary.get("bias_correction", {}), p)
     for kind, path in summary["outputs"].items():
-        print(f"{kind:8s} {path}")
+        p(f"{kind:8s} {path}")
     if "qat" in summary:
         qat = summary["qat"]
-        print(
-            f"qat      {qat['steps']} steps, loss {qat['loss_first']:.4g} -> {qat['loss_last']:.4g}"
+        p(f"qat      {qat['steps']} steps, loss {qat['loss_first']:.4g} -> {qat['loss_last']:.4g}")
+    print_fidelity(summary.get("fidelity", {}), summary.get("holdout_samples", 0), p)
+    outputs = summary["outputs"]
+    if "fp32" in outputs:
+        stem_path = str(outputs["onnx"]).removesuffix(".onnx")
+        print_trtexec(
+            outputs["fp32"],
+            outputs["onnx"],
+            outputs.get("cache"),
+            stem_path,
+            summary.get("input_shapes", {}),
+            p,
         )
-    return 0

@@ -13,11 +13,18 @@ from torch import nn
 
 from int8kit.errors import ModelError
 from int8kit.fileio import write_json
-from int8kit.torch import distributed
+from int8kit.torch import bias, distributed, stem
 from int8kit.torch.config import QuantConfig
 from int8kit.torch.export import export_onnx, output_paths
 from int8kit.torch.qat import finetune, prepare_qat
-from int8kit.torch.quantize import quantize, set_mode
+from int8kit.torch.quantize import (
+    SAMPLES_ATTR,
+    get_config,
+    get_recipe,
+    quantize,
+    quantizers,
+    set_mode,
+)
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
@@ -55,22 +62,38 @@ def quantize_to_onnx(
     qat_epochs: int = 0,
     lr: float = 1e-5,
     opset: int = 17,
+    holdout: Callable[[], Iterable[torch.Tensor]] | None = None,
+    task: str = "auto",
 ) -> dict:
-    """Calibrate ``model`` on ``batches()``; with ``qat_epochs`` fold BN and fine-tune by
-    distillation from the FP32 model over the same batches; export. Returns a summary that is
-    also written next to the outputs as ``<stem>.torch.json``. Batches go to the model's device.
+    """Calibrate ``model`` on ``batches()`` (with the config's float stem and bias correction);
+    with ``qat_epochs`` fold BN and fine-tune by distillation from the FP32 model over the same
+    batches; export. With ``holdout`` (batches kept out of calibration), measure the exported
+    Q/DQ model against the FP32 export on them, as `int8kit quantize` does
+    (`int8kit.workflow.fidelity`: unfused Q/DQ "as TensorRT computes" and ONNX Runtime's
+    integer kernels). Returns a summary that is also written next to the outputs as
+    ``<stem>.torch.json``. Batches go to the model's device.
 
     Under torch.distributed (torchrun) each rank passes its own shard as ``batches``: the
     calibration statistics are reduced across ranks, QAT runs in DistributedDataParallel with
-    the same number of steps on every rank (the smallest shard's), and rank 0 writes the files.
+    the same number of steps on every rank (the smallest shard's), and rank 0 writes the files
+    and measures the held-out fidelity.
     """
+    t_start = time.perf_counter()
     config = config or QuantConfig()
     model.eval()
     device = next(model.parameters()).device
     teacher = copy.deepcopy(model) if qat_epochs else None
     t0 = time.perf_counter()
     quantize(model, config, forward_loop=lambda m: [m(x.to(device)) for x in batches()])
-    summary: dict = {"config": config.to_dict(), "calibration_s": time.perf_counter() - t0}
+    summary: dict = {
+        "config": get_config(model).to_dict(),  # "auto" resolved
+        "recipe": get_recipe(model),
+        "calibration_s": time.perf_counter() - t0,
+        "calibration_samples": getattr(model, SAMPLES_ATTR, 0),
+        "input_layers_float": stem.input_layers(model),
+        "bias_correction": bias.summary_of(model),
+        "quantizers": sum(1 for _ in quantizers(model)),
+    }
     world = distributed.world_size()
     if world > 1:
         summary["world_size"] = world
@@ -89,10 +112,36 @@ def quantize_to_onnx(
     set_mode(model, "quantize")
     example_input = example_input.to(device)
     summary["outputs"] = export_onnx(model, example_input, output, opset=opset)
-    side = output_paths(output)["ranges"].with_name(
-        output_paths(output)["ranges"].name.replace(".ranges.json", ".torch.json")
-    )
+    summary["input_shapes"] = {"input": list(example_input.shape)}
+    if holdout is not None and distributed.is_main():
+        summary["fidelity"], summary["holdout_samples"] = holdout_fidelity(
+            summary["outputs"], holdout, task
+        )
+    summary["seconds"] = time.perf_counter() - t_start
+    paths = output_paths(output)
+    side = paths["ranges"].with_name(paths["ranges"].name.replace(".ranges.json", ".torch.json"))
     if distributed.is_main():
         write_json(side, summary)
     summary["outputs"]["summary"] = str(side)
     return summary
+
+
+def holdout_fidelity(
+    outputs: dict[str, str], holdout: Callable[[], Iterable[torch.Tensor]], task: str = "auto"
+) -> tuple[dict, int]:
+    """({backend: {output: metrics}}, samples) of the exported Q/DQ model vs the FP32 export
+    (the torch model with quantizers off) on the ``holdout()`` batches."""
+    from int8kit.onnx.model_io import load_model
+    from int8kit.workflow import fidelity
+
+    if "fp32" not in outputs:
+        raise ValueError("held-out fidelity compares with the FP32 export: export with write_fp32")
+    seen = [0]
+
+    def feeds():
+        for x in holdout():
+            seen[0] += len(x)
+            yield {"input": x.detach().cpu().numpy()}
+
+    result = fidelity(load_model(outputs["fp32"]), load_model(outputs["onnx"]), feeds(), task=task)
+    return result, seen[0]
