@@ -7,8 +7,8 @@ the fewest layers in high precision until a fidelity target holds, never more th
    layer's input activations (minmax, percentile, mse, entropy: recorded by the calibration pass)
    and keep the one with the smallest output error on the ranking samples (coordinate descent:
    each choice sees the others). A layer fixed this way costs no float.
-3. Float, one layer at a time: re-rank the layers still quantized (every other choice applied),
-   leave the best one in float, check the target on HELD-OUT samples; stop when it holds or when
+3. Float, one layer at a time: re-rank the front of the ranking (``rerank`` layers, every
+   other choice applied), leave the best one in float, check the target on HELD-OUT samples; stop when it holds or when
    ``max_float`` layers are float (default 10% of the quantized layers) — then the result says
    which target was missed and by how much.
 4. Prune: try quantizing each float layer again, the last chosen first, and keep it quantized
@@ -168,6 +168,7 @@ def find_fallback(
     max_float: int | float | str | None = None,
     candidates: dict[str, dict[str, float]] | None = None,
     repair_layers: int | None = None,
+    rerank: int = 12,
 ) -> tuple[FallbackResult, dict[str, float]]:
     """The fewest layers to leave in float, after repairing ranges, so that ``target`` holds on
     ``holdout_batches``; at most ``max_float`` layers (see `budget_of`). ``candidates``:
@@ -218,13 +219,18 @@ def find_fallback(
     holdout.amax.update(ranker.amax)
     after_ranges = check([])
     after, excluded = after_ranges, []
+    order = [L.node for L in ranked]
     while not target.met(after) and len(excluded) < budget:
+        # Re-rank the front of the last ranking with every choice so far applied (the layers
+        # far down it do not climb to the top after one change; re-ranking all costs L runs).
         rest = [n for n in everything if n not in excluded]
-        pick = min(
-            progress(rest, desc=f"float layer {len(excluded) + 1}/{budget}", total=len(rest)),
-            key=lambda n: ranker.score([m for m in rest if m != n])["nsr"],
-        )
-        excluded.append(pick)
+        front = [n for n in order if n not in excluded][:rerank]
+        scores = {
+            n: ranker.score([m for m in rest if m != n])["nsr"]
+            for n in progress(front, desc=f"float layer {len(excluded) + 1}/{budget}")
+        }
+        order = sorted(front, key=scores.__getitem__) + [n for n in order if n not in scores]
+        excluded.append(order.pop(0))
         after = check(excluded)
     if target.met(after):  # prune: the last chosen first, re-quantize what the target spares
         for node in reversed(list(excluded)):
