@@ -104,6 +104,8 @@ def bias_correct(
         counts[name] = torch.zeros(parts + 1, dtype=torch.float64, device=w.device)
 
     def on_model(_module, args, kwargs):
+        if state["busy"]:  # the model is itself a corrected layer, run again by on_layer
+            return
         state["start"] += state["n"]
         state["n"] = batch_size(args, kwargs)
         if state["start"] >= int(bounds[-1]):
