@@ -11,8 +11,9 @@ network (benchmarks/torch_gpu_diag.py). Measured on each rank, same model and pe
 - FP32 inference (eval, no grad) images/s; calibration collection (histograms built on the GPU)
   images/s; the amax computation (with the cross-rank reduction under torchrun); fake-quant
   inference images/s; their ratios;
-- FP32 training step vs QAT step (BN folded, fake quant, Adam), ms, and the ratio; under torchrun
-  both run in DistributedDataParallel;
+- FP32 training step vs QAT step (BN folded, fake quant, Adam), ms, and the ratio: medians over
+  ``--qat-rounds`` interleaved rounds of ``--iters``/2 steps each; under torchrun both run in
+  DistributedDataParallel;
 - one process: where calibration time goes (``--profile``) and CPU vs GPU amax in histogram bins
   (torch_gpu_diag.py).
 
@@ -28,6 +29,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -90,6 +92,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--qat-rounds", type=int, default=8, help="interleaved FP32/QAT rounds")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches per rank")
     p.add_argument("--profile", action="store_true", help="where calibration time goes")
     p.add_argument("--no-cpu-check", action="store_true", help="skip CPU vs GPU amax")
@@ -112,6 +115,12 @@ def main() -> None:
     batches = [torch.randn(shape, device=device, generator=g) for _ in range(a.calib_batches)]
     n_img = a.batch * a.calib_batches
     r: dict = {
+        "command": (
+            "python "
+            if world == 1 and "RANK" not in os.environ
+            else f"python -m torch.distributed.run --nproc_per_node {world} "
+        )
+        + " ".join(sys.argv),
         "model": model_name,
         "device": str(device),
         "world_size": world,
@@ -129,7 +138,7 @@ def main() -> None:
             for b in batches:
                 m(b)
 
-    reps = max(3, a.iters // 4)
+    reps = max(5, a.iters // 2)
     t_fp32 = timed(lambda: infer(model), device, 2, reps, barrier)
     qmodel = copy.deepcopy(model)
     iq.replace_modules(qmodel, iq.QuantConfig())
@@ -173,15 +182,30 @@ def main() -> None:
 
     train_fp32 = wrap(copy.deepcopy(model).train())
     opt = torch.optim.Adam(train_fp32.parameters(), lr=1e-5)
-    t_train = timed(lambda: train_step(train_fp32, opt), device, 3, a.iters, barrier)
     qprof = copy.deepcopy(qmodel) if a.profile and world == 1 else None  # still calibrating
     iq.prepare_qat(qmodel, fold_bn=True)
     qat = wrap(qmodel.train())
     qopt = torch.optim.Adam(qat.parameters(), lr=1e-5)
-    t_qat = timed(lambda: train_step(qat, qopt), device, 3, a.iters, barrier)
+    # Interleaved rounds (FP32 steps, then QAT steps) so that clock and load drift reach both;
+    # medians over all steps, and the spread of the per-round ratio.
+    fp32_steps, qat_steps, round_ratios = [], [], []
+    timed(lambda: train_step(train_fp32, opt), device, 3, 1, barrier)  # warm-up
+    timed(lambda: train_step(qat, qopt), device, 3, 1, barrier)
+    steps = max(1, a.iters // 2)
+    for _ in range(a.qat_rounds):
+        f = [
+            timed(lambda: train_step(train_fp32, opt), device, 0, 1, barrier) for _ in range(steps)
+        ]
+        q = [timed(lambda: train_step(qat, qopt), device, 0, 1, barrier) for _ in range(steps)]
+        fp32_steps += f
+        qat_steps += q
+        round_ratios.append(statistics.median(q) / statistics.median(f))
+    t_train, t_qat = statistics.median(fp32_steps), statistics.median(qat_steps)
     r["train_step_fp32_ms"] = t_train * 1e3
     r["qat_step_ms"] = t_qat * 1e3
     r["qat_over_fp32_step"] = t_qat / t_train
+    r["qat_steps_timed"] = len(qat_steps)
+    r["qat_over_fp32_round_min_max"] = [min(round_ratios), max(round_ratios)]
     r["qat_img_s"] = world * a.batch / t_qat
     if qprof is not None:
         del qat, qopt, train_fp32, opt

@@ -6,13 +6,15 @@ import copy
 import importlib.util
 import os
 import statistics
+import time
+from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
 
 import int8kit.torch as iq
-from int8kit.calib.collector import HistogramCollector
+from int8kit.calib.collector import HistogramCollector, TensorStats
 from int8kit.torch import histogram
 
 METHODS = ("entropy", "percentile", "mse", "minmax")
@@ -107,7 +109,12 @@ def same_on_all_ranks(amax: dict[str, float], device) -> bool:
 
 # --- where calibration time goes ---------------------------------------------------------------
 def profile_calibration(qmodel, batches, infer, timed, device, t_fp32: float) -> dict:
-    """Collection time of variants (ratios to FP32 inference) and per-kernel sums over one batch."""
+    """Collection time of variants (ratios to FP32 inference) and per-kernel sums over one batch.
+
+    ``collect_cuda``: the default (range rule and counts on the GPU, no host read);
+    ``collect_<binning>``: the host-rule path (one min/max read per tensor per batch) with each
+    binning; ``stats_only``: the default without histograms; ``quantizers_off``: the module
+    swap alone."""
     out: dict = {}
     active = [q for _, q in iq.quantizers(qmodel) if not q.is_weight]
     saved = os.environ.get("INT8KIT_TORCH_HIST")
@@ -116,21 +123,41 @@ def profile_calibration(qmodel, batches, infer, timed, device, t_fp32: float) ->
         if env:
             os.environ["INT8KIT_TORCH_HIST"] = env
         for q in active:
+            q.collector.reset()
             q.collector.keep_histogram = keep
         iq.set_mode(qmodel, mode)
-        t = timed(lambda: infer(qmodel), device, 1, 3)
+        t = timed(lambda: infer(qmodel), device, 1, 5)
         out[f"{name}_over_fp32"] = t / t_fp32
         os.environ.pop("INT8KIT_TORCH_HIST", None)
 
     try:
+        if histogram.device_rule(batches[0]):
+            variant("collect_cuda", "cuda")
+            variant("stats_only_cuda", "cuda", keep=False)
         if histogram._triton_kernel() is not None:
-            variant("collect_triton", "triton")
             variant("collect_triton_atomic", "triton-atomic")
+            variant("collect_triton", "triton")
         variant("collect_torch_ops", "torch")
-        variant("aminmax_and_read_only", keep=False)
         variant("quantizers_off", mode="off")
+        # Weight quantizers alone in mode "calibrate" (max |w| per channel every forward).
+        iq.set_mode(qmodel, "calibrate")
+        for q in active:
+            q.set_mode("off")
+        out["weight_amax_only_over_fp32"] = timed(lambda: infer(qmodel), device, 1, 5) / t_fp32
+        # Host (Python + launch) time of one batch, the GPU kept busy meanwhile.
+        for mode in ("off", "calibrate"):
+            iq.set_mode(qmodel, mode)
+            infer(qmodel)
+            torch.cuda.synchronize()
+            torch.cuda._sleep(int(1e9))
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                qmodel(batches[0])
+            out[f"host_ms_per_batch_{mode}"] = (time.perf_counter() - t0) * 1e3
+            torch.cuda.synchronize()
     finally:
         for q in active:
+            q.collector.reset()
             q.collector.keep_histogram = True
         if saved is not None:
             os.environ["INT8KIT_TORCH_HIST"] = saved
@@ -151,6 +178,7 @@ def profile_calibration(qmodel, batches, infer, timed, device, t_fp32: float) ->
     flat = [t.reshape(-1).float() for t in captured]
     out["tensors"] = len(flat)
     out["elements_per_batch"] = int(sum(t.numel() for t in flat))
+    gbytes = out["elements_per_batch"] * 4 / 1e9
 
     def event_ms(fn) -> float:
         times = []
@@ -162,6 +190,30 @@ def profile_calibration(qmodel, batches, infer, timed, device, t_fp32: float) ->
             torch.cuda.synchronize()
             times.append(s.elapsed_time(e))
         return statistics.median(times)
+
+    if histogram.device_rule(flat[0]):
+        devs = [histogram.DeviceHistogram(device, 2048, True) for _ in flat]
+        for d, t in zip(devs, flat, strict=True):
+            d.load(TensorStats(), 0.0, 0.0, None, 0)
+            d.update(t)  # the first batch sets the range (and runs the fix-up pass)
+        per_tensor = [
+            event_ms(lambda d=d, t=t: d.update(t)) for d, t in zip(devs, flat, strict=True)
+        ]
+        out["kernel_ms_cuda"] = sum(per_tensor)
+        out["kernel_us_cuda_by_tensor"] = [
+            [t.numel(), round(ms * 1e3, 1)] for t, ms in zip(flat, per_tensor, strict=True)
+        ]
+        out["kernel_gbps_cuda"] = gbytes / (out["kernel_ms_cuda"] / 1e3)
+        # Host time of one collect call (the launches), the GPU kept busy meanwhile.
+        torch.cuda.synchronize()
+        torch.cuda._sleep(int(2e9))  # ~1 s of GPU work ahead of the launches
+        t0 = time.perf_counter()
+        for _ in range(5):
+            for d, t in zip(devs, flat, strict=True):
+                d.update(t)
+        out["host_us_per_collect_cuda"] = (time.perf_counter() - t0) / (5 * len(flat)) * 1e6
+        torch.cuda.synchronize()
+        del devs
 
     inv = [float(np.float32(2048 / max(float(t.abs().max()), 1e-30))) for t in flat]
 
@@ -180,7 +232,6 @@ def profile_calibration(qmodel, batches, infer, timed, device, t_fp32: float) ->
     if saved is not None:
         os.environ["INT8KIT_TORCH_HIST"] = saved
     out["fp32_inference_ms_per_batch"] = t_fp32 * 1e3 / len(batches)
-    gbytes = out["elements_per_batch"] * 4 / 1e9
     for be in backends:
         out[f"kernel_gbps_hist_{be}"] = gbytes / (out[f"kernel_ms_hist_{be}"] / 1e3)
     return out
@@ -212,6 +263,13 @@ def _compare(ref: dict, got: dict) -> dict:
     return out
 
 
+def _shadow_collect(c: HistogramCollector, q, args) -> None:
+    """The numpy collector fed what the quantizer collects (calibrate mode only: not the stem
+    probe nor the bias-correction pass, which run with the quantizers off or quantizing)."""
+    if q.mode == "calibrate":
+        c.collect(args[0].detach().float().cpu().numpy())
+
+
 def cpu_vs_gpu(model: nn.Module, batches: list[torch.Tensor]) -> dict:
     """amax of every activation quantizer, CPU vs GPU, in histogram bins of the CPU run.
 
@@ -233,11 +291,7 @@ def cpu_vs_gpu(model: nn.Module, batches: list[torch.Tensor]) -> dict:
                 for name, q in iq.quantizers(m):
                     if not q.is_weight:
                         c = shadow.setdefault(name, HistogramCollector(config.num_bins))
-                        hooks.append(
-                            q.register_forward_pre_hook(
-                                lambda mod, a, c=c: c.collect(a[0].detach().float().cpu().numpy())
-                            )
-                        )
+                        hooks.append(q.register_forward_pre_hook(partial(_shadow_collect, c)))
             iq.calibrate(m, lambda mm: [mm(b.to(dev)) for b in small])
             for h in hooks:
                 h.remove()
@@ -249,7 +303,9 @@ def cpu_vs_gpu(model: nn.Module, batches: list[torch.Tensor]) -> dict:
     shadow: dict[str, HistogramCollector] = {}
     gpu_fp32 = _amax_table(calibrated("cuda", tf32=False, shadow=shadow))
     numpy_same = {
-        n: {"width": c.width, **{m: c.compute_amax(m) for m in METHODS}} for n, c in shadow.items()
+        n: {"width": c.width, **{m: c.compute_amax(m) for m in METHODS}}
+        for n, c in shadow.items()
+        if c.counts is not None
     }
     gpu_tf32 = _amax_table(calibrated("cuda", tf32=True))
     return {
