@@ -427,8 +427,9 @@ def _cu_launch():
 
 class _Launch:
     """One kernel with its argument list built once: a call sets the tensor's pointer and size
-    and calls cuLaunchKernel (~5 us of host time, against ~35 us through the kernel's own call).
-    Arguments: ctypes values, the first three (x, n_lo, n_hi) set per call."""
+    and calls cuLaunchKernel (a whole collect call, both launches, took 24 us of host time on the
+    H200's host this way, 76 us through the kernels' own call). Arguments: ctypes values, the
+    first three (x, n_lo, n_hi) set per call."""
 
     def __init__(self, kernel, args: list):
         self.kernel = kernel
