@@ -237,6 +237,14 @@ def test_the_gate_refuses_a_correction_that_hurts_on_held_out_samples():
     assert bias.summary_of(ungated)["estimate_samples"] == 32  # no gate: none held out
 
 
+def test_a_one_shot_loop_calibrates_and_says_the_correction_saw_no_data():
+    data = iter(torch_tiny.batches())  # consumed by the calibration pass
+    with pytest.warns(UserWarning, match="bias correction saw no data"):
+        m = _default(torch_tiny.tiny_model(), data)
+    assert bias.summary_of(m)["corrected"] == []
+    assert not [n for n, _ in m.named_buffers() if n.endswith(BIAS_SHIFT)]
+
+
 def _copy(module):
     import copy
 

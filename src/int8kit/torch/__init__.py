@@ -1,7 +1,7 @@
 """int8kit for PyTorch: fake-quant modules, calibration, QAT and Q/DQ ONNX export.
 
     import int8kit.torch as iq
-    qmodel = iq.quantize(model, iq.QuantConfig(method="entropy"),
+    qmodel = iq.quantize(model, iq.QuantConfig(),  # the default recipe of `int8kit quantize`
                          forward_loop=lambda m: [m(x) for x in loader])
     iq.export_onnx(qmodel, example_input, "model.int8.onnx")
     qmodel = iq.prepare_qat(qmodel)        # fold BN, fake quant stays on
@@ -18,6 +18,7 @@ from int8kit._deps import require
 require("torch", "int8kit.torch")
 
 from int8kit.torch.batchnorm import find_conv_bn_pairs, fold_bn, freeze_bn  # noqa: E402
+from int8kit.torch.bias import bias_correct  # noqa: E402
 from int8kit.torch.collector import TorchHistogramCollector  # noqa: E402
 from int8kit.torch.config import OP_TYPES, QuantConfig  # noqa: E402
 from int8kit.torch.export import export_onnx  # noqa: E402
@@ -41,6 +42,7 @@ __all__ = [
     "QuantConfig",
     "TensorQuantizer",
     "TorchHistogramCollector",
+    "bias_correct",
     "calibrate",
     "export_onnx",
     "fake_quant",

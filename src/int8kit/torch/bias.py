@@ -21,6 +21,7 @@ keeps the same corrections as that process.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -164,6 +165,12 @@ def bias_correct(
         model.train(was_training)
     if reduce:
         _all_reduce(sums, counts, [n for n, _ in layers])
+    if not any(float(c[:parts].sum()) for c in counts.values()):
+        warnings.warn(
+            "bias correction saw no data: forward_loop ran no batch the second time (does it "
+            "iterate a one-shot generator?); the biases are left as they are",
+            stacklevel=3,
+        )
 
     def means(p: int) -> dict[str, np.ndarray]:
         return {
