@@ -171,7 +171,7 @@ def test_concat_of_a_float_and_an_int8_branch_stays_float():
 def test_zero_pads_are_folded_into_the_conv_so_no_float_island_is_left(tmp_path):
     import onnxruntime as ort
 
-    from int8kit.onnx.targets_ort import fold_pads
+    from int8kit.onnx.targets_ort_prepare import fold_pads
 
     m = target_models.pad_conv()
     folded, n = fold_pads(m)
@@ -195,7 +195,7 @@ def test_zero_pads_are_folded_into_the_conv_so_no_float_island_is_left(tmp_path)
 def test_batchnorm_after_a_conv_is_folded_for_onnx_runtime(tmp_path):
     import onnxruntime as ort
 
-    from int8kit.onnx.targets_ort import fold_batchnorms
+    from int8kit.onnx.targets_ort_prepare import fold_batchnorms
 
     m = models.conv_bn_relu_chain()
     folded, n = fold_batchnorms(m)
@@ -259,3 +259,61 @@ def test_a_conv_that_feeds_hardswish_stays_float_and_the_run_says_why():
     assert "conv0" not in p.kept_float  # a Relu after it: fused by ORT, conv0 is integer
     warning = integer_warning(m, p)
     assert "1 of 2 Conv/MatMul/Gemm layers stay float" in warning and "HardSwish" in warning
+
+
+def test_a_residual_add_reads_the_float_stems_output_through_the_q_it_already_has(tmp_path):
+    # The stem reads the network input and stays float; its output gets a Q for conv1 anyway.
+    # The residual Add reads that Q too (QLinearAdd) instead of running in float and making
+    # the next Conv's input a float -> uint8 island (U2-Net-p: 38 such Adds/Concats).
+    m = target_models.stem_residual()
+    p = plan_ort(m, PlacementConfig(quantize_input_layers=False))
+    assert p.kept_float == {"stem": "reads the network input (quantize_input_layers=False)"}
+    assert ("add", 1) in p.activations["r0"] and ("conv1", 0) in p.activations["r0"]
+    assert "s" in p.activations  # the Add's output: uint8
+    path = models.save(m, tmp_path / "stem.onnx")
+    data = models.save_npz(tmp_path / "stem.npz", n=8, x=(1, 3, 8, 8))
+    r = _run(path, data, tmp_path / "stem.int8.onnx")
+    ops = integer_ops(r.outputs["qdq_onnx"])
+    assert ops["integer"] == {"QLinearAdd": 1, "QLinearConv": 2}
+    assert sum(ops["float_compute"].values()) == 1  # the stem
+    assert ops["float_islands"] == 1  # the DQ in front of the last Relu (a graph output)
+    assert r.fidelity["ort-int8"]["y"]["sqnr_db"] > 25
+
+
+def test_bias_adds_and_identities_are_folded_so_the_relu_fuses_into_the_int8_conv(tmp_path):
+    import onnxruntime as ort
+
+    m = target_models.conv_bias_add()
+    prepared, counts = get_target("ort-cpu").prepare(m)
+    assert counts["bias_adds_folded"] == 1 and counts["identities_dropped"] == 1
+    ops = [x.op_type for x in prepared.graph.node]
+    assert ops == ["Conv", "Relu", "Conv", "Add"]  # the [16] Add broadcasts along W: kept
+    x = np.random.default_rng(2).standard_normal((2, 8, 16, 16)).astype(np.float32)
+    run = lambda mm: ort.InferenceSession(mm.SerializeToString()).run(None, {"x": x})[0]  # noqa: E731
+    np.testing.assert_allclose(run(m), run(prepared), rtol=1e-5, atol=1e-5)
+    path = models.save(m, tmp_path / "bias.onnx")
+    data = models.save_npz(tmp_path / "bias.npz", n=8, x=(1, 8, 16, 16))
+    everything = PlacementConfig(quantize_input_layers=True)
+    r = _run(path, data, tmp_path / "bias.int8.onnx", placement=everything)
+    ops = integer_ops(r.outputs["qdq_onnx"])
+    # Both Convs integer, the Relu fused: the one DQ left feeds the last Add (a graph output).
+    assert ops["integer"] == {"QLinearConv": 2} and not ops["float_compute"]
+    assert ops["float_islands"] == 1
+
+
+def test_a_depthwise_conv_off_orts_fast_kernel_stays_float_where_it_reads_a_float_tensor(
+    tmp_path,
+):
+    m = target_models.depthwise_widths()
+    p = plan_ort(m, PlacementConfig(quantize_input_layers=False))
+    assert "multiple of 16" in p.kept_float["dw8a"]  # reads the float pw1's output
+    # dw8b reads an int8 tensor: kept float, ORT's WeightBiasQuantization would quantize its
+    # weight per tensor between the DQ and the Q anyway; int8kit's per-channel weight it is.
+    assert ("dw8b", 1) in p.weights and ("dw16", 1) in p.weights
+    path = models.save(m, tmp_path / "dw.onnx")
+    data = models.save_npz(tmp_path / "dw.npz", n=8, x=(1, 16, 8, 8))
+    r = _run(path, data, tmp_path / "dw.int8.onnx")
+    ops = integer_ops(r.outputs["qdq_onnx"])
+    assert ops["integer"] == {"QLinearConv": 5}  # pw2, dw16, pw_m, dw8b, pw3
+    assert sum(ops["float_compute"].values()) == 2  # pw1 (input layer) and dw8a
+    assert ops["float_islands"] == 1

@@ -3,9 +3,12 @@
 ``plan_ort`` puts a Q/DQ where ONNX Runtime's Q/DQ selectors turn the group into an integer
 kernel: on the inputs of every Conv/MatMul/Gemm and on their outputs (after a fused Relu/Clip),
 so the output stays uint8; chain ops (Add, Mul, Concat, pools, Sigmoid, LeakyRelu) stay in int8
-when every input already is; pass-through ops (Reshape, MaxPool, Resize, ...) share their input's
-parameters. ``quantize_biases`` stores the biases of those layers as int32, which the selectors
-require. ``integer_ops`` reads what ONNX Runtime made of a model (its optimised graph).
+when every input already is int8 or is quantized anyway in front of an integer layer;
+pass-through ops (Reshape, MaxPool, Resize, ...) share their input's parameters; a Conv that
+ORT's fast integer kernels do not take stays float where it can. ``quantize_biases`` stores the
+biases of those layers as int32, which the selectors require. ``integer_ops`` reads what ONNX
+Runtime made of a model (its optimised graph). The FP32 rewrites before all this (BatchNorm,
+Pad, bias Add folding) are in targets_ort_prepare.py.
 """
 
 from __future__ import annotations
@@ -70,14 +73,61 @@ def _epilogue(index: GraphIndex, tensor: str) -> str:
     return node.output[0]
 
 
+def _slow_integer_conv(index: GraphIndex, node) -> str | None:
+    """Why ONNX Runtime's QLinearConv would run ``node`` off its fast kernels, else None.
+
+    A depthwise Conv runs on MLAS's symmetric depthwise kernel only when its channel count is a
+    multiple of 16 (MlasConvSymPackWSize in onnxruntime/core/mlas/lib/convsym.cpp); otherwise
+    it falls back to MlasConvDepthwise, slower than ORT's float NCHWc depthwise Conv (RetinaFace's
+    8-channel 3x3 at 160x160: 868 us vs 366 us). Dense Convs off the fast kernels (fewer than 16
+    output channels) stay int8: keeping U2-Net-p's 64 -> 1 side outputs float cost more in DQs
+    than their generic int8 GEMM did (1.49x vs 1.63x FP32)."""
+    w = index.initializers.get(node.input[1]) if len(node.input) > 1 else None
+    if w is None or len(w.dims) < 3:
+        return None
+    group = int(_attrs(node).get("group", 1))
+    if group > 1 and w.dims[1] == 1 and w.dims[0] == group and group % 16:
+        return (
+            f"depthwise with {group} channels: ORT's fast int8 depthwise kernel needs a "
+            "multiple of 16 (the fallback is slower than its float Conv)"
+        )
+    return None
+
+
 def plan_ort(model, config: PlacementConfig | None = None) -> Placement:
-    """Decide every Q/DQ of ``model`` for ONNX Runtime's integer kernels; nothing is changed."""
+    """Decide every Q/DQ of ``model`` for ONNX Runtime's integer kernels; nothing is changed.
+
+    Two walks over the graph: the first finds the float tensors quantized in front of an
+    integer layer anyway; the second lets a chain op (Add, Concat, ...) read those as int8 too,
+    so that a residual Add of an int8 branch and the float output of a layer kept float (the
+    stem) is a QLinearAdd on that tensor's Q rather than a float island."""
     config = config or PlacementConfig()
     index = GraphIndex(model.graph)
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in index.nodes):
         raise ModelError(
             "the model already has QuantizeLinear/DequantizeLinear nodes; pass the FP32 model"
         )
+    first = _walk(index, config, frozenset())
+    quantized = frozenset(t for t, _, _ in first[2])
+    placement, int_tensor, boundary = _walk(index, config, quantized)
+    for tensor, root in int_tensor.items():
+        edges = [(n.name, i) for n, i in index.consumers.get(tensor, [])]
+        placement.activations[tensor] = edges
+        producer = index.producer.get(tensor)
+        placement.reasons[tensor] = (
+            f"output of {producer.op_type if producer else 'input'} kept in uint8"
+            + (f" (parameters of {root})" if root != tensor else "")
+        )
+    for tensor, node, i in boundary:
+        placement.activations.setdefault(tensor, []).append((node, i))
+        placement.reasons.setdefault(tensor, "float -> uint8 in front of an integer layer")
+    return placement
+
+
+def _walk(index: GraphIndex, config: PlacementConfig, quantized: frozenset):
+    """One pass of plan_ort: (placement without activations, {uint8 tensor: tensor whose
+    parameters it uses}, [(float tensor, node, input) a Q/DQ starts]). ``quantized``: float
+    tensors known to get a Q/DQ (a chain op may read them as int8)."""
     allowed = set(ORT_COMPUTE + ORT_CHAIN + ORT_PASS)
     if config.op_types is not None:
         allowed = set(config.op_types) | set(ORT_PASS)
@@ -106,6 +156,13 @@ def plan_ort(model, config: PlacementConfig | None = None) -> Placement:
                 "its float Conv fuses it, an int8 Conv would pay a DQ, the float op and a Q"
             )
             continue
+        # Only a Conv reading a float tensor can stay float: between a DQ and a Q, ORT's
+        # WeightBiasQuantization transformer (qdq_transformer/weight_bias_quantization.cc)
+        # quantizes its float weight itself, per tensor, and fuses it into a QLinearConv.
+        slow = _slow_integer_conv(index, node) if op == "Conv" else None
+        if slow and node.input[0] not in int_tensor:
+            placement.kept_float[node.name] = slow
+            continue
         if op in ORT_COMPUTE:
             w = node.input[1] if len(node.input) > 1 else ""
             acts = [0]
@@ -130,7 +187,12 @@ def plan_ort(model, config: PlacementConfig | None = None) -> Placement:
             ins = [t for t in node.input if t]
             if len(node.output) != 1 or out in index.outputs or not ins:
                 continue
-            if all(t in int_tensor for t in ins):  # a constant input would need its own DQ
+            # A constant input would need its own DQ; a float input that gets a Q anyway (in
+            # front of an integer layer) is read through that Q.
+            if all(t in int_tensor or t in quantized for t in ins):
+                for k, t in enumerate(node.input):
+                    if t and t not in int_tensor:
+                        boundary.append((t, node.name, k))
                 fused = _epilogue(index, out)
                 if fused not in index.outputs and index.consumers.get(fused):
                     int_tensor[fused] = fused
@@ -142,19 +204,7 @@ def plan_ort(model, config: PlacementConfig | None = None) -> Placement:
             for o in outs:
                 int_tensor[o] = root
                 placement.tied[o] = root
-
-    for tensor, root in int_tensor.items():
-        edges = [(n.name, i) for n, i in index.consumers.get(tensor, [])]
-        placement.activations[tensor] = edges
-        producer = index.producer.get(tensor)
-        placement.reasons[tensor] = (
-            f"output of {producer.op_type if producer else 'input'} kept in uint8"
-            + (f" (parameters of {root})" if root != tensor else "")
-        )
-    for tensor, node, i in boundary:
-        placement.activations.setdefault(tensor, []).append((node, i))
-        placement.reasons.setdefault(tensor, "float -> uint8 in front of an integer layer")
-    return placement
+    return placement, int_tensor, boundary
 
 
 def quantize_biases(model):
@@ -287,189 +337,3 @@ def integer_warning(model, placement: Placement) -> str | None:
         "The model is written and computes what the FP32 model does (up to the Q/DQ placed), "
         "but it will not run faster than FP32"
     )
-
-
-def fold_pads(model):
-    """Fold each zero constant-mode Pad whose only reader is a Conv into the Conv's ``pads``
-    (same function; ONNX Runtime does this itself for a float model, but a DequantizeLinear
-    between them stops it, and the Pad stays a float island). Returns (copy, folded count)."""
-    import onnx
-    from onnx import helper
-
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    index = GraphIndex(graph)
-    folds = []
-    for pad in index.nodes:
-        if pad.op_type != "Pad" or _attrs(pad).get("mode", b"constant") not in (
-            b"constant",
-            "constant",
-        ):
-            continue
-        readers = index.consumers.get(pad.output[0], [])
-        if len(readers) != 1 or readers[0][1] != 0 or readers[0][0].op_type != "Conv":
-            continue
-        conv = readers[0][0]
-        if _attrs(conv).get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-            continue
-        if len(pad.input) > 3 and pad.input[3] or pad.output[0] in index.outputs:
-            continue
-        ops = out.opset_import
-        pads = _constant(index, pad.input[1], ops) if len(pad.input) > 1 else None
-        pads = _attrs(pad).get("pads") if pads is None and len(pad.input) == 1 else pads
-        value = _constant(index, pad.input[2], ops) if len(pad.input) > 2 and pad.input[2] else 0
-        if pads is None or value is None or np.any(np.asarray(value) != 0):
-            continue
-        pads = np.asarray(pads, np.int64).ravel()
-        rank = pads.size // 2
-        begin, end = pads[:rank], pads[rank:]
-        if rank < 3 or np.any(pads < 0) or np.any(begin[:2]) or np.any(end[:2]):
-            continue
-        old = list(_attrs(conv).get("pads", [0] * (2 * (rank - 2))))
-        k = rank - 2
-        new = [int(old[i] + begin[2 + i]) for i in range(k)] + [
-            int(old[k + i] + end[2 + i]) for i in range(k)
-        ]
-        folds.append((pad, conv, new))
-    for pad, conv, new in folds:
-        conv.input[0] = pad.input[0]
-        for a in list(conv.attribute):
-            if a.name == "pads":
-                conv.attribute.remove(a)
-        conv.attribute.append(helper.make_attribute("pads", new))
-        graph.node.remove(pad)
-    _drop_dead_nodes(graph)
-    return out, len(folds)
-
-
-def _constant(index: GraphIndex, name: str, opsets):
-    """The value of ``name`` when it is computed from constants only (a small subgraph of
-    Constant/Cast/Concat/Slice... as exporters write pads), else None."""
-    v = index.value(name)
-    if v is not None:
-        return v
-    nodes, todo, seen = [], [name], set()
-    while todo:
-        t = todo.pop()
-        if t in seen or t in index.initializers:
-            continue
-        seen.add(t)
-        node = index.producer.get(t)
-        if node is None or len(seen) > 64:
-            return None  # reads a graph input
-        nodes.append(node)
-        todo += [i for i in node.input if i]
-    try:
-        import onnx
-        from onnx.reference import ReferenceEvaluator
-
-        order = {id(n): k for k, n in enumerate(index.nodes)}
-        nodes.sort(key=lambda n: order[id(n)])
-        used = {i for n in nodes for i in n.input}
-        inits = [index.initializers[i] for i in used if i in index.initializers]
-        graph = onnx.helper.make_graph(
-            nodes, "const", [], [onnx.helper.make_empty_tensor_value_info(name)], inits
-        )
-        m = onnx.helper.make_model(graph, opset_imports=list(opsets))
-        return np.asarray(ReferenceEvaluator(m).run(None, {})[0])
-    except Exception:  # anything the reference evaluator cannot run: leave the Pad alone
-        return None
-
-
-def _drop_dead_nodes(graph) -> None:
-    """Remove nodes none of whose outputs is read (the pads subgraphs a fold left behind)."""
-    from int8kit.onnx.model_io import names_read
-
-    outputs = {o.name for o in graph.output}
-    while True:
-        read = names_read(graph) | outputs
-        dead = [n for n in graph.node if not any(o in read for o in n.output if o)]
-        if not dead:
-            return
-        for n in dead:
-            graph.node.remove(n)
-
-
-def fold_batchnorms(model):
-    """Fold each inference BatchNormalization that is the only reader of a Conv's output into
-    that Conv's weight and bias (same function up to float rounding; ONNX Runtime does this for a
-    float model, but a Q/DQ on the Conv output stops it and leaves the BN a float island).
-    Returns (copy, folded count)."""
-    import onnx
-    from onnx import numpy_helper
-
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    index = GraphIndex(graph)
-    uses = Counter(i for n in index.nodes for i in n.input)
-    new_inits, folded = [], 0
-    for bn in index.nodes:
-        if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or len(bn.input) != 5:
-            continue
-        conv = index.producer.get(bn.input[0])
-        if conv is None or conv.op_type != "Conv" or len(index.consumers[conv.output[0]]) != 1:
-            continue
-        if conv.output[0] in index.outputs or conv.input[1] not in index.initializers:
-            continue
-        params = [index.value(t) for t in bn.input[1:]]
-        if any(p is None for p in params) or uses[conv.input[1]] != 1:
-            continue
-        gamma, beta, mean, var = (np.asarray(p, np.float64).ravel() for p in params)
-        eps = float(_attrs(bn).get("epsilon", 1e-5))
-        w = numpy_helper.to_array(index.initializers[conv.input[1]]).astype(np.float64)
-        if w.shape[0] != gamma.size:
-            continue
-        b = np.zeros(w.shape[0])
-        if len(conv.input) > 2 and conv.input[2]:
-            bias = index.value(conv.input[2])
-            if bias is None or uses[conv.input[2]] != 1:
-                continue
-            b = np.asarray(bias, np.float64).ravel()
-        s = gamma / np.sqrt(var + eps)
-        w_name, b_name = f"{conv.input[1]}_bn_folded", f"{conv.name}_bias_bn_folded"
-        new_inits += [
-            numpy_helper.from_array(
-                (w * s.reshape(-1, *[1] * (w.ndim - 1))).astype(np.float32), w_name
-            ),
-            numpy_helper.from_array(((b - mean) * s + beta).astype(np.float32), b_name),
-        ]
-        conv.input[1] = w_name
-        if len(conv.input) > 2:
-            conv.input[2] = b_name
-        else:
-            conv.input.append(b_name)
-        conv.output[0] = bn.output[0]
-        graph.node.remove(bn)
-        folded += 1
-    graph.initializer.extend(new_inits)
-    from int8kit.onnx.model_io import names_read
-
-    used = names_read(graph)
-    keep = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    return out, folded
-
-
-def inline_constant_identities(model):
-    """Readers of an Identity of an initializer (exporters write one for a weight used twice)
-    read the initializer itself, so that the layer's weight is a constant the placement sees.
-    Works in place; returns (model, count)."""
-    graph = model.graph
-    inits = {i.name for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    alias = {
-        n.output[0]: n.input[0]
-        for n in graph.node
-        if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs
-    }
-    if not alias:
-        return model, 0
-    for n in graph.node:
-        for k, name in enumerate(n.input):
-            if name in alias:
-                n.input[k] = alias[name]
-    _drop_dead_nodes(graph)
-    return model, len(alias)
