@@ -5,11 +5,14 @@ recommends for x86 CPUs. int8kit also runs with its TensorRT target for referenc
 "as TensorRT computes": trt-like).
 
 Latency: batch 1, ORT 2 threads, runs interleaved between the models (FP32, int8kit, ORT, FP32,
-...) so that the load of the machine (shared with other jobs) hits every model alike; medians.
+...) so that the load of the machine (shared with other jobs) hits every model alike; medians,
+the whole interleaved measurement repeated (--repeats) and the median speedup kept with its
+range and the machine's load average.
 Fidelity: the zoo's task metric of each INT8 model vs FP32 on the zoo's eval set, run on ORT's
 integer kernels ("ort-int8", default session options).
 
-    .venv/bin/python benchmarks/ort_cpu.py [--models yolov8n efficientnet_lite0 ...] [--runs 60]
+    .venv/bin/python benchmarks/ort_cpu.py [--models yolov8n ...] [--runs 40] [--repeats 5]
+        [--latency-only]
 writes benchmarks/results/ort_cpu.json and prints a table.
 """
 
@@ -26,7 +29,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from zoo import data_path, get, model_path, relative  # noqa: E402
+from zoo import ROOT, data_path, get, model_path, relative  # noqa: E402
 from zoo.evaluate import evaluate  # noqa: E402
 
 from int8kit.analysis.bench import BenchConfig, bench, cpu_features  # noqa: E402
@@ -77,31 +80,50 @@ def ort_model(name: str, reuse: bool) -> tuple[Path, dict]:
     return out, json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def latency(name: str, paths: dict[str, Path], runs: int, warmup: int) -> dict:
+def latency(name: str, paths: dict[str, Path], runs: int, warmup: int, repeats: int) -> dict:
+    """Interleaved medians, ``repeats`` times (each a fresh set of sessions, ``runs`` rounds):
+    on the shared machine one interleaved median still moves by +-30% between repeats. The
+    speedup is the median of the repeats' speedups; its spread is kept."""
     import numpy as np
 
     labels = list(paths)
     with np.load(data_path(name, "calib")) as z:  # fixes dynamic dims (YOLO's H, W)
         shapes = {k: (1, *z[k].shape[1:]) for k in z.files}
-    r = bench(
-        BenchConfig(
-            models=[str(paths[k]) for k in labels],
-            threads=2,
-            runs=runs,
-            warmup=warmup,
-            shapes=shapes,
+    per: dict[str, dict[str, list[float]]] = {k: {"ms": [], "speedup": []} for k in labels}
+    loads = []
+    for _ in range(repeats):
+        loads.append(os.getloadavg()[0])
+        r = bench(
+            BenchConfig(
+                models=[str(paths[k]) for k in labels],
+                threads=2,
+                runs=runs,
+                warmup=warmup,
+                shapes=shapes,
+            )
         )
-    )
-    by_path = {x["model"]: x for x in r["results"]}
-    out = {}
+        by_path = {x["model"]: x for x in r["results"]}
+        for label in labels:
+            per[label]["ms"].append(by_path[str(paths[label])]["median_ms"])
+            per[label]["speedup"].append(r["speedup"]["1"][str(paths[label])])
+    loads.append(os.getloadavg()[0])
+    # The machine's 1-minute load average (2 cores) before each repeat and after the last.
+    out: dict = {"load_1min": [round(v, 2) for v in loads], "repeats": repeats, "runs": runs}
     for label in labels:
-        m = by_path[str(paths[label])]
+        sp = per[label]["speedup"]
         out[label] = {
-            "median_ms": round(m["median_ms"], 2),
-            "p90_ms": round(m["p90_ms"], 2),
-            "speedup": round(r["speedup"]["1"][str(paths[label])], 3),
+            "median_ms": round(float(np.median(per[label]["ms"])), 2),
+            "speedup": round(float(np.median(sp)), 3),
+            "speedup_range": [round(min(sp), 3), round(max(sp), 3)],
         }
     return out
+
+
+def retime(name: str, entry: dict, args) -> dict:
+    """--latency-only: time the models an earlier run wrote again; the rest of ``entry`` stays."""
+    paths = {k: ROOT / v for k, v in entry["paths"].items()}
+    entry["latency"] = latency(name, paths, args.runs, args.warmup, args.repeats)
+    return entry
 
 
 def run_model(name: str, args) -> dict:
@@ -120,7 +142,7 @@ def run_model(name: str, args) -> dict:
         trt, info = int8kit_model(name, "tensorrt", args.reuse)
         info["fidelity"] = evaluate(name, trt, ("trt-like",))["trt-like"]
         entry["int8kit-tensorrt (reference)"] = info
-    entry["latency"] = latency(name, paths, args.runs, args.warmup)
+    entry["latency"] = latency(name, paths, args.runs, args.warmup, args.repeats)
     entry["paths"] = {k: relative(v) for k, v in paths.items()}
     return entry
 
@@ -128,15 +150,18 @@ def run_model(name: str, args) -> dict:
 def table(results: dict) -> str:
     rows = [
         "| model | metric | FP32 ms | int8kit ort-cpu: ms, speedup, metric | ORT u8/rr: ms, "
-        "speedup, metric | int8kit TensorRT target (trt-like) metric |",
-        "|---|---|---|---|---|---|",
+        "speedup, metric | int8kit TensorRT target (trt-like) metric | load (1 min) |",
+        "|---|---|---|---|---|---|---|",
     ]
 
     def cell(e: dict, lat: dict, key: str) -> str:
         if "failed" in e or key not in lat:
             return "failed"
         m = e["fidelity"].get(metric, float("nan"))
-        return f"{lat[key]['median_ms']:.1f}, {lat[key]['speedup']:.2f}x, {m:.4f}"
+        lo, hi = lat[key].get("speedup_range", [lat[key]["speedup"]] * 2)
+        return (
+            f"{lat[key]['median_ms']:.1f}, {lat[key]['speedup']:.2f}x ({lo:.2f}-{hi:.2f}), {m:.4f}"
+        )
 
     for name, e in results["models"].items():
         metric, lat = e["primary_metric"], e["latency"]
@@ -145,16 +170,31 @@ def table(results: dict) -> str:
             f"| {name} | {metric} | {lat['fp32']['median_ms']:.1f} | "
             f"{cell(e['int8kit-ort-cpu'], lat, 'int8kit-ort-cpu')} | "
             f"{cell(e['ort-u8-rr'], lat, 'ort-u8-rr')} | "
-            f"{'-' if ref is None else f'{ref:.4f}'} |"
+            f"{'-' if ref is None else f'{ref:.4f}'} | "
+            f"{min(lat['load_1min']):.1f}-{max(lat['load_1min']):.1f} |"
         )
     return "\n".join(rows)
+
+
+def ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(CONV_NETS), choices=CONV_NETS)
-    ap.add_argument("--runs", type=int, default=60, help="timed runs per model (interleaved)")
+    ap.add_argument("--runs", type=int, default=40, help="timed rounds per repeat (interleaved)")
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument(
+        "--repeats", type=int, default=5, help="interleaved measurements per model (median)"
+    )
+    ap.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="time again the models of the result file (no quantization, no fidelity)",
+    )
     ap.add_argument("--reuse", action="store_true", help="reuse INT8 models already written")
     ap.add_argument(
         "--tensorrt-ref", action="store_true", help="also int8kit's TensorRT target (trt-like)"
@@ -171,14 +211,19 @@ def main(argv=None) -> int:
             "vnni": cpu_has_vnni(cpu),
             "ort_threads": 2,
             "batch": 1,
+            "onnxruntime": ort_version(),
             "note": "machine shared with other jobs: runs interleaved, medians; "
-            "speedup = FP32 median / model median in the same interleaved run",
+            "speedup = FP32 median / model median in the same interleaved run; "
+            "latency.load_1min = the 1-minute load average before and after the timed runs",
             "command": "python benchmarks/ort_cpu.py " + " ".join(argv or sys.argv[1:]),
         }
     )
     for name in args.models:
         t0 = time.perf_counter()
-        results["models"][name] = run_model(name, args)
+        if args.latency_only:
+            results["models"][name] = retime(name, results["models"][name], args)
+        else:
+            results["models"][name] = run_model(name, args)
         results["models"][name]["seconds"] = round(time.perf_counter() - t0, 1)
         write_json(result_path, results)  # after every model: a long run keeps what it measured
         print(table({"models": {name: results["models"][name]}}).splitlines()[-1], flush=True)
