@@ -18,7 +18,7 @@ import torch_tiny  # noqa: E402
 
 import int8kit.torch as iq  # noqa: E402
 from int8kit.calib.collector import HistogramCollector  # noqa: E402
-from int8kit.torch import histogram  # noqa: E402
+from int8kit.torch import histogram, stem  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -208,3 +208,20 @@ def test_qat_step_and_export_on_gpu(tmp_path):
     assert m.fc.input_quantizer.amax.device.type == "cuda"
     written = iq.export_onnx(m, torch.zeros(1, 3, 16, 16, device="cuda"), tmp_path / "g.int8.onnx")
     assert Path(written["onnx"]).stat().st_size > 0
+
+
+def test_every_tensor_stays_on_the_gpu_with_the_default_recipe():
+    """The float stem's quantizers never run and a bias shift can be loaded from a CPU state
+    dict: neither may leave a tensor on the CPU (DDP's NCCL broadcast of buffers refuses it)."""
+    data = [x.cuda() for x in torch_tiny.batches(2, batch=8)]
+    m = iq.quantize(torch_tiny.tiny_model().cuda(), forward_loop=lambda mm: [mm(x) for x in data])
+    assert stem.input_layers(m) == ["conv"] and not m.conv.input_quantizer.enabled
+    state = {k: v.cpu() for k, v in m.state_dict().items()}
+    assert any(k.endswith(".bias_shift") for k in state)
+    iq.prepare_qat(m, fold_bn=True, learn_amax=True)
+    fresh = iq.quantize(torch_tiny.tiny_model().cuda())
+    fresh.load_state_dict(state)
+    for model in (m, fresh):
+        tensors = list(model.named_parameters()) + list(model.named_buffers())
+        off = [name for name, t in tensors if t.device.type != "cuda"]
+        assert not off, off

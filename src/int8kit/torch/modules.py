@@ -107,7 +107,8 @@ class QuantWeightMixin:
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + BIAS_SHIFT
         if key in state_dict and self._buffers.get(BIAS_SHIFT) is None:
-            self.register_buffer(BIAS_SHIFT, torch.zeros_like(state_dict[key]))
+            device = self._parameters["weight"].device  # not the state dict's (often the CPU)
+            self.register_buffer(BIAS_SHIFT, torch.zeros_like(state_dict[key], device=device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -23,15 +24,20 @@ def replace_modules(model: nn.Module, config: QuantConfig) -> list[str]:
     ``method="auto"`` is resolved here (`int8kit.torch.recipe`); `get_config` returns the
     resolved config and `get_recipe` what ``auto`` stood for."""
     config, record = recipe.resolve(config, model)
+    default = _device_of(model, recurse=True)
 
-    def make(axis: int | None, is_weight: bool) -> TensorQuantizer:
-        return TensorQuantizer(
-            axis=axis if (config.per_channel or not is_weight) else None,
-            is_weight=is_weight,
-            method=config.method,
-            percentile=config.percentile,
-            num_bins=config.num_bins,
-        )
+    def maker(device: torch.device | None):
+        def make(axis: int | None, is_weight: bool) -> TensorQuantizer:
+            return TensorQuantizer(
+                axis=axis if (config.per_channel or not is_weight) else None,
+                is_weight=is_weight,
+                method=config.method,
+                percentile=config.percentile,
+                num_bins=config.num_bins,
+                device=device,
+            )
+
+        return make
 
     swapped = []
     for name, module in list(model.named_modules()):
@@ -46,6 +52,8 @@ def replace_modules(model: nn.Module, config: QuantConfig) -> list[str]:
                     config.num_bins,
                 )
                 q.enabled = True
+                if default is not None:
+                    q.to(default)
                 swapped.append(name)
             continue
         if hasattr(type(module), "_int8kit_base"):
@@ -53,11 +61,18 @@ def replace_modules(model: nn.Module, config: QuantConfig) -> list[str]:
         rule = match_rule(module)
         if rule is None or rule.op_type not in config.op_types:
             continue
-        convert(module, rule, make)
+        convert(module, rule, maker(_device_of(module, recurse=False) or default))
         swapped.append(name)
     object.__setattr__(model, CONFIG_ATTR, config)
     object.__setattr__(model, RECIPE_ATTR, record)
     return swapped
+
+
+def _device_of(module: nn.Module, recurse: bool) -> torch.device | None:
+    """The device of ``module``'s first parameter or buffer (None: it has none)."""
+    for t in itertools.chain(module.parameters(recurse=recurse), module.buffers(recurse=recurse)):
+        return t.device
+    return None
 
 
 def quantizers(model: nn.Module) -> Iterator[tuple[str, TensorQuantizer]]:

@@ -30,6 +30,7 @@ class TensorQuantizer(nn.Module):
         percentile: float = 99.99,
         num_bins: int = 2048,
         mode: str = "off",
+        device: torch.device | str | None = None,
     ):
         super().__init__()
         self.axis = axis
@@ -40,7 +41,9 @@ class TensorQuantizer(nn.Module):
         self.learn_amax = False
         self.enabled = True  # False: not configured by quantize() (a QuantAdd left alone)
         self.collector: TorchHistogramCollector | None = None
-        self.register_buffer("amax", torch.tensor(1.0))
+        # On the device of the module it serves: a quantizer that never runs (float stem, unused
+        # module) is never moved by forward, and DDP broadcasts every buffer from its device.
+        self.register_buffer("amax", torch.tensor(1.0, device=device))
         self.has_amax = False
         self.set_mode(mode)
 
@@ -109,8 +112,8 @@ class TensorQuantizer(nn.Module):
         if self.mode == "off":
             return x
         if self.amax.device != x.device:
-            # Quantizers are made by the module swap, often after model.cuda(), and amax is set
-            # from numpy on the CPU: follow the data (parameters and buffers alike).
+            # A quantizer made apart from its module (a QuantAdd built after model.cuda()), or
+            # model parallel: follow the data (parameters and buffers alike).
             self.to(x.device)
         if self.mode == "calibrate":
             if self.is_weight:
