@@ -10,8 +10,8 @@ the fewest layers in high precision until a fidelity target holds, never more th
    it makes the held-out error worse (it fitted the few ranking samples).
 3. Float, one layer at a time: re-rank the layers still quantized (every other choice applied;
    ``rerank=K``: only the first K of the last ranking), leave the best one in float, check the target on HELD-OUT samples; stop when it holds or when
-   ``max_float`` layers are float (default 10% of the quantized layers) — then the result says
-   which target was missed and by how much.
+   ``max_float`` layers are float (default 10% of the quantized layers) — then the result is
+   the best held-out state seen on the way and says which target was missed and by how much.
 4. Prune: try quantizing each float layer again, the last chosen first, and keep it quantized
    when the target still holds.
 
@@ -124,6 +124,17 @@ def missed_by(target: Target, metrics: dict) -> dict:
     return out
 
 
+def shortfall(target: Target, metrics: dict) -> tuple[float, float]:
+    """How far ``metrics`` are from ``target`` (0 when met; a top-1 point counts as 1 dB/10), then
+    the mean noise/signal: the order in which the fallback compares held-out results."""
+    gap = 0.0
+    if target.sqnr_db is not None:
+        gap += max(0.0, target.sqnr_db - metrics["sqnr_db"]) / 10
+    if target.top1 is not None:
+        gap += max(0.0, target.top1 - (metrics["top1"] or 0.0)) * 100 / 10
+    return gap, metrics["nsr"]
+
+
 def repair_ranges(
     runner: GatedRunner,
     layers: list,
@@ -220,11 +231,12 @@ def find_fallback(
     chosen = repair_ranges(ranker, ranked[:n_repair], candidates, everything, progress)
     holdout.amax.update(ranker.amax)
     after_ranges = check([])
-    if chosen and after_ranges["nsr"] > before["nsr"]:  # fitted the ranking samples only
+    if chosen and shortfall(target, after_ranges) > shortfall(target, before):  # overfitted
         ranker.amax, chosen = start, {}
         holdout.amax.update(start)
         after_ranges = before
     after, excluded = after_ranges, []
+    steps = [([], after_ranges)]
     order = [L.node for L in ranked]
     while not target.met(after) and len(excluded) < budget:
         # Re-rank with every choice so far applied (EfficientNet-Lite0: re-ranking only the first
@@ -238,6 +250,10 @@ def find_fallback(
         order = sorted(front, key=scores.__getitem__) + [n for n in order if n not in scores]
         excluded.append(order.pop(0))
         after = check(excluded)
+        steps.append((list(excluded), after))
+    # A float layer chosen on the ranking samples can make the held-out result worse: keep the
+    # best held-out state seen (the fewest float layers among equals).
+    excluded, after = min(steps, key=lambda st: (shortfall(target, st[1]), len(st[0])))
     if target.met(after):  # prune: the last chosen first, re-quantize what the target spares
         for node in reversed(list(excluded)):
             trial = [n for n in excluded if n != node]
