@@ -35,6 +35,7 @@ from zoo.evaluate import evaluate  # noqa: E402
 from int8kit.analysis.bench import BenchConfig, bench, cpu_features  # noqa: E402
 from int8kit.data import DataConfig  # noqa: E402
 from int8kit.fileio import write_json  # noqa: E402
+from int8kit.onnx.placement import PlacementConfig  # noqa: E402
 from int8kit.onnx.targets import cpu_has_vnni  # noqa: E402
 from int8kit.onnx.targets_ort import integer_ops  # noqa: E402
 from int8kit.workflow import QuantizeConfig, quantize_onnx  # noqa: E402
@@ -45,8 +46,11 @@ ORT_PY = BENCH / "work" / "venvs" / "ort" / "bin" / "python"
 RESULT = BENCH / "results" / "ort_cpu.json"
 
 
-def int8kit_model(name: str, target: str, reuse: bool) -> tuple[Path, dict]:
-    out = WORK / f"{name}.{target}.onnx"
+def int8kit_model(
+    name: str, target: str, reuse: bool, input_layers: bool = False
+) -> tuple[Path, dict]:
+    """int8kit's default recipe for ``target``; ``input_layers``: --quantize-input-layers."""
+    out = WORK / f"{name}.{target}{'.input-layers' if input_layers else ''}.onnx"
     if reuse and out.is_file():
         return out, {"reused": True}
     t0 = time.perf_counter()
@@ -57,6 +61,7 @@ def int8kit_model(name: str, target: str, reuse: bool) -> tuple[Path, dict]:
             data=DataConfig(str(data_path(name, "calib"))),
             holdout=0,
             target=target,
+            placement=PlacementConfig(quantize_input_layers=input_layers),
         )
     )
     return out, {"quantize_s": round(time.perf_counter() - t0, 1), "target": r.target}
@@ -131,6 +136,9 @@ def run_model(name: str, args) -> dict:
     entry: dict = {"primary_metric": primary}
     paths = {"fp32": model_path(name)}
     paths["int8kit-ort-cpu"], entry["int8kit-ort-cpu"] = int8kit_model(name, "ort-cpu", args.reuse)
+    if args.input_layers:
+        label = "int8kit-ort-cpu --quantize-input-layers"
+        paths[label], entry[label] = int8kit_model(name, "ort-cpu", args.reuse, True)
     try:
         paths["ort-u8-rr"], entry["ort-u8-rr"] = ort_model(name, args.reuse)
     except Exception as exc:  # a peer that fails is a result
@@ -173,6 +181,9 @@ def table(results: dict) -> str:
             f"{'-' if ref is None else f'{ref:.4f}'} | "
             f"{min(lat['load_1min']):.1f}-{max(lat['load_1min']):.1f} |"
         )
+        qil = "int8kit-ort-cpu --quantize-input-layers"
+        if qil in e:
+            rows.append(f"| {name}, {qil} | {metric} | | {cell(e[qil], lat, qil)} | | | |")
     return "\n".join(rows)
 
 
@@ -198,6 +209,11 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="store_true", help="reuse INT8 models already written")
     ap.add_argument(
         "--tensorrt-ref", action="store_true", help="also int8kit's TensorRT target (trt-like)"
+    )
+    ap.add_argument(
+        "--input-layers",
+        action="store_true",
+        help="also int8kit ort-cpu with --quantize-input-layers (the stem in int8 too)",
     )
     ap.add_argument("--result", type=Path, default=RESULT, help="JSON to update")
     args = ap.parse_args(argv)
