@@ -94,3 +94,17 @@ def test_budget_of_counts_and_shares():
         budget_of("ten", 60)
     with pytest.raises(ValueError, match=">= 0"):
         budget_of(-1, 60)
+
+
+def test_shortfall_orders_held_out_states_by_distance_to_the_target():
+    from int8kit.analysis.fallback import shortfall
+
+    t = Target(sqnr_db=20, top1=0.99)
+    met = {"sqnr_db": 25.0, "top1": 1.0, "nsr": 0.003}
+    assert shortfall(t, met) == (0.0, 0.003)
+    # 5 dB short counts 0.5; 3 points of top-1 short count 0.3; then the noise breaks ties
+    assert shortfall(t, {"sqnr_db": 15.0, "top1": 1.0, "nsr": 0.03}) == pytest.approx((0.5, 0.03))
+    a = {"sqnr_db": 21.0, "top1": 0.96, "nsr": 0.01}
+    b = {"sqnr_db": 19.0, "top1": 0.99, "nsr": 0.012}
+    assert shortfall(t, a)[0] == pytest.approx(0.3) and shortfall(t, b)[0] == pytest.approx(0.1)
+    assert min([a, b], key=lambda m: shortfall(t, m)) is b
