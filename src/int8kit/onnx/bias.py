@@ -44,7 +44,7 @@ import numpy as np
 
 from int8kit._deps import require
 from int8kit.calib.collector import safe_amax
-from int8kit.onnx.model_io import names_read
+from int8kit.onnx.model_io import drop_unused_initializers
 from int8kit.onnx.placement import Placement, _attrs
 from int8kit.onnx.qdq import dequantized_weight
 
@@ -448,13 +448,7 @@ def correct_biases(
                 ordered.append(new_nodes[n.name])
         del graph.node[:]
         graph.node.extend(ordered)
-    used = names_read(graph)  # subgraphs (Loop/If bodies) read outer initializers too
-    dropped = {i.name for i in graph.initializer if i.name not in used}
-    keep = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    for vi in [vi for vi in graph.input if vi.name in dropped]:
-        graph.input.remove(vi)  # old exporters list initializers as graph inputs too
+    drop_unused_initializers(graph)
     summary.mean_abs_shift = float(np.concatenate(shifts).mean()) if shifts else 0.0
     return out, summary
 

@@ -145,3 +145,18 @@ def names_read(graph) -> set[str]:
                     todo.append(attr.g)
                 todo.extend(attr.graphs)
     return names
+
+
+def drop_unused_initializers(graph) -> set[str]:
+    """Remove the initializers no node reads (``names_read``: subgraph bodies included) and
+    the graph inputs that only listed them (old exporters list initializers as inputs too: left
+    behind, one would become a required feed). Returns the dropped names."""
+    used = names_read(graph)
+    dropped = {i.name for i in graph.initializer if i.name not in used}
+    if dropped:
+        keep = [i for i in graph.initializer if i.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+        for vi in [vi for vi in graph.input if vi.name in dropped]:
+            graph.input.remove(vi)
+    return dropped

@@ -16,7 +16,7 @@ import numpy as np
 from int8kit._deps import require
 from int8kit.calib.collector import safe_amax
 from int8kit.calib.methods import weight_amax
-from int8kit.onnx.model_io import names_read
+from int8kit.onnx.model_io import drop_unused_initializers
 from int8kit.onnx.placement import Placement
 
 MIN_OPSET = 13  # per-axis DequantizeLinear
@@ -180,14 +180,8 @@ def insert_qdq(
     graph.node.extend(ordered)
 
     # Drop float weights that no node reads any more.
-    used = names_read(graph)  # subgraphs (Loop/If bodies) read outer initializers too
-    keep = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep + new_inits)
-    dropped = {i.name for i in inits.values()} - {i.name for i in keep}
-    stale_inputs = [vi for vi in graph.input if vi.name in dropped]
-    for vi in stale_inputs:  # old exporters list initializers as graph inputs too
-        graph.input.remove(vi)
+    drop_unused_initializers(graph)
+    graph.initializer.extend(new_inits)
     _rename_ort_generated(graph, fresh)
     return out, summary
 

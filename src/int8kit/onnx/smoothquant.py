@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from int8kit._deps import require
+from int8kit.onnx.model_io import drop_unused_initializers
 
 log = logging.getLogger(__name__)
 
@@ -330,13 +331,7 @@ class _Editor:
             node.input[1] = self.new_const(w_name, scaled.astype(w.dtype))
 
     def drop_unused(self) -> None:
-        used = {name for n in self.graph.node for name in n.input}
-        keep = [i for i in self.graph.initializer if i.name in used]
-        dropped = {i.name for i in self.graph.initializer} - {i.name for i in keep}
-        del self.graph.initializer[:]
-        self.graph.initializer.extend(keep)
-        for vi in [vi for vi in self.graph.input if vi.name in dropped]:
-            self.graph.input.remove(vi)
+        drop_unused_initializers(self.graph)
 
 
 def apply_smoothing(model, groups: list[SmoothGroup], scales: dict[str, np.ndarray]):

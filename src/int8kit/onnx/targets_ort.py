@@ -22,6 +22,7 @@ import numpy as np
 
 from int8kit.errors import ModelError
 from int8kit.onnx import rules as R
+from int8kit.onnx.model_io import drop_unused_initializers
 from int8kit.onnx.placement import (
     GraphIndex,
     Placement,
@@ -271,10 +272,7 @@ def quantize_biases(model):
             ordered.append(node)
         del graph.node[:]
         graph.node.extend(ordered)
-        used = {i for n in graph.node for i in n.input}
-        keep = [i for i in graph.initializer if i.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+        drop_unused_initializers(graph)
     return model
 
 

@@ -11,6 +11,7 @@ from collections import Counter
 
 import numpy as np
 
+from int8kit.onnx.model_io import drop_unused_initializers
 from int8kit.onnx.placement import GraphIndex, _attrs
 
 
@@ -132,6 +133,14 @@ def _drop_dead_nodes(graph) -> None:
             graph.node.remove(n)
 
 
+def _set_bias(conv, name: str) -> None:
+    """Make initializer ``name`` the bias (input 2) of ``conv``."""
+    if len(conv.input) > 2:
+        conv.input[2] = name
+    else:
+        conv.input.append(name)
+
+
 def fold_batchnorms(model):
     """Fold each inference BatchNormalization that is the only reader of a Conv's output into
     that Conv's weight and bias (same function up to float rounding; ONNX Runtime does this for a
@@ -177,20 +186,12 @@ def fold_batchnorms(model):
             numpy_helper.from_array(((b - mean) * s + beta).astype(np.float32), b_name),
         ]
         conv.input[1] = w_name
-        if len(conv.input) > 2:
-            conv.input[2] = b_name
-        else:
-            conv.input.append(b_name)
+        _set_bias(conv, b_name)
         conv.output[0] = bn.output[0]
         graph.node.remove(bn)
         folded += 1
     graph.initializer.extend(new_inits)
-    from int8kit.onnx.model_io import names_read
-
-    used = names_read(graph)
-    keep = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    drop_unused_initializers(graph)
     return out, folded
 
 
@@ -235,21 +236,13 @@ def fold_bias_adds(model):
         graph.initializer.append(
             numpy_helper.from_array((bias + value.ravel()).astype(np.float32), name)
         )
-        if len(conv.input) > 2:
-            conv.input[2] = name
-        else:
-            conv.input.append(name)
+        _set_bias(conv, name)
         conv.output[0] = add.output[0]
         graph.node.remove(add)
         folded += 1
     if folded:
         _drop_dead_nodes(graph)
-        from int8kit.onnx.model_io import names_read
-
-        used = names_read(graph)
-        keep = [i for i in graph.initializer if i.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+        drop_unused_initializers(graph)
     return model, folded
 
 
