@@ -111,13 +111,7 @@ def register(sub) -> None:
         help="shift the biases of layers with int8 weights so their mean output matches FP32 "
         "(default on; needs --calib)",
     )
-    g.add_argument(
-        "--bias-gate",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="keep a layer's bias correction only where it lowers that layer's output error on "
-        "calibration samples held out from its estimate (default on)",
-    )
+    add_bias_gate_arg(g)
     g.add_argument(
         "--bias-stats",
         default="local",
@@ -162,19 +156,37 @@ def register(sub) -> None:
         "--explain-rules", action="store_true", help="print the placement rules and exit"
     )
     g = p.add_argument_group("check")
-    g.add_argument(
-        "--holdout",
-        type=int,
-        default=4,
-        help="images kept out of calibration to measure INT8 vs FP32 (0: skip)",
-    )
-    g.add_argument("--task", default="auto", choices=["auto", "raw", "classify", "detect"])
+    add_holdout_args(g)
     g.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
     g.add_argument(
         "--report", metavar="DIR", help="write report.md, report.html and plots into DIR"
     )
     add_fallback_args(p)
     p.set_defaults(func=run)
+
+
+def add_bias_gate_arg(group) -> None:
+    """``--bias-gate/--no-bias-gate``, as `int8kit quantize` and `int8kit torch quantize` take it."""
+    group.add_argument(
+        "--bias-gate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep a layer's bias correction only where it lowers that layer's output error on "
+        "calibration samples held out from its estimate (default on)",
+    )
+
+
+def add_holdout_args(group) -> None:
+    """``--holdout N`` and ``--task``: the held-out fidelity check both quantize commands run."""
+    from int8kit.analysis.fidelity import TASKS
+
+    group.add_argument(
+        "--holdout",
+        type=int,
+        default=4,
+        help="images kept out of calibration to measure INT8 vs FP32 (0: skip)",
+    )
+    group.add_argument("--task", default="auto", choices=list(TASKS))
 
 
 def add_fallback_args(parser: argparse.ArgumentParser) -> None:

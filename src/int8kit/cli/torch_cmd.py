@@ -9,6 +9,7 @@ import sys
 
 from int8kit.calib.methods import METHODS
 from int8kit.cli.dataargs import flag_error
+from int8kit.cli.quantize import add_bias_gate_arg, add_holdout_args
 from int8kit.errors import Int8kitError, ModelError
 from int8kit.fileio import check_outputs
 
@@ -66,20 +67,8 @@ def register(subparsers) -> None:
         help="shift the biases of Conv/Linear layers with int8 weights so their mean output "
         "matches FP32 (default on; in the Q/DQ model only)",
     )
-    q.add_argument(
-        "--bias-gate",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="keep a layer's bias correction only where it lowers that layer's output error on "
-        "calibration samples held out from its estimate (default on)",
-    )
-    q.add_argument(
-        "--holdout",
-        type=int,
-        default=4,
-        help="images kept out of calibration to measure INT8 vs FP32 (0: skip)",
-    )
-    q.add_argument("--task", default="auto", choices=["auto", "raw", "classify", "detect"])
+    add_bias_gate_arg(q)
+    add_holdout_args(q)
     q.add_argument("--input-shape", default="1x3x224x224", help="NxCxHxW (default 1x3x224x224)")
     q.add_argument("--num-samples", type=int, default=256, help="calibration images to use")
     q.add_argument("--batch-size", type=int, default=16)
