@@ -104,8 +104,7 @@ def budget_of(max_float: int | float | str | None, layers: int) -> int:
             max_float = float(text[:-1]) / 100 if text.endswith("%") else float(text)
         except ValueError:
             raise ValueError(
-                f"--max-float-layers takes a count (6) or a share of the layers (10%), "
-                f"got {text!r}"
+                f"--max-float-layers takes a count (6) or a share of the layers (10%), got {text!r}"
             ) from None
     if max_float < 0:
         raise ValueError(f"--max-float-layers must be >= 0, got {max_float}")
@@ -188,12 +187,14 @@ def find_fallback(
     the amax of every activation (repaired ones changed)."""
     candidates = {t: c for t, c in (candidates or {}).items() if t in amax}
     holdout = GatedRunner(model, placement, amax, list(holdout_batches), task, scaled=candidates)
-    everything = [L.node for L in layers_of(model, placement)]
+    layers = layers_of(model, placement)
+    everything = [L.node for L in layers]
     holdout_n = sum(len(next(iter(f.values()))) for f in holdout.feeds)
     budget = budget_of(max_float, len(everything))
 
     def check(excluded: list[str]) -> dict:
-        return holdout.score([n for n in everything if n not in set(excluded)])
+        skip = set(excluded)
+        return holdout.score([n for n in everything if n not in skip])
 
     before = check([])
     if target.top1 is not None and before["top1"] is None:
@@ -224,7 +225,7 @@ def find_fallback(
     sens = sensitivity(
         model, amax, placement, None, task, modes=("skip",), progress=progress, runner=ranker
     )
-    by_node = {L.node: L for L in layers_of(model, placement)}
+    by_node = {L.node: L for L in layers}
     ranked = [by_node[r.node] for r in sens["rows"]]
     n_repair = repair_layers if repair_layers is not None else max(16, 2 * budget)
     start = dict(ranker.amax)
