@@ -142,28 +142,17 @@ def repair_ranges(
     progress: Callable = lambda it, **_: it,
 ) -> dict[str, str]:
     """Step 2 on ``runner`` (its ``amax`` is updated in place): per activation of ``layers`` (in
-    that order), the candidate amax with the smallest mean noise/signal with ``on`` quantized.
-    Returns {tensor: chosen method} for the tensors whose amax changed."""
-    best = runner.score(on)["nsr"]
-    chosen: dict[str, str] = {}
-    seen: set[str] = set()
-    tensors = [t for L in layers for t in L.activations if t in candidates]
-    for t in progress(tensors, desc="range repair", total=len(tensors)):
-        if t in seen:
-            continue
-        seen.add(t)
-        tried = [runner.amax[t]]
-        for method, value in candidates[t].items():
-            if not math.isfinite(value) or any(np.isclose(value, v, rtol=1e-6) for v in tried):
-                continue
-            tried.append(value)
-            keep = runner.amax[t]
-            runner.amax[t] = value
-            e = runner.score(on)["nsr"]
-            if e < best:
-                best, chosen[t] = e, method
-            else:
-                runner.amax[t] = keep
+    that order), the candidate amax with the smallest mean noise/signal with ``on`` quantized
+    (`onnx.search.descend`). Returns {tensor: chosen method} for the tensors whose amax changed."""
+    from int8kit.onnx.search import descend
+
+    def error(amax: dict[str, float]) -> float:
+        runner.amax = amax
+        return runner.score(on)["nsr"]
+
+    tensors = list(dict.fromkeys(t for L in layers for t in L.activations if t in candidates))
+    amax, chosen, _, _ = descend(tensors, candidates, runner.amax, error, progress, "range repair")
+    runner.amax = amax
     return chosen
 
 

@@ -11,6 +11,7 @@ Nothing is left in float; this is calibration, not fallback.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -141,17 +142,37 @@ def search_ranges(
             total += output_error(ref, out) * len(next(iter(feed.values())))
         return total / max(1, sum(len(next(iter(f.values()))) for f in feeds))
 
-    chosen: dict[str, str] = {}
+    start = dict(amax)
+    amax, changed, before, best = descend(searched, candidates, amax, error, progress)
+    chosen = {
+        t: changed.get(t) or next((m for m, v in candidates[t].items() if v == start[t]), "base")
+        for t in searched
+    }
+    return amax, chosen, before, best
+
+
+def descend(
+    tensors: list[str],
+    candidates: dict[str, dict[str, float]],
+    amax: dict[str, float],
+    error: Callable[[dict[str, float]], float],
+    progress: Callable = lambda it, **_: it,
+    desc: str = "range search",
+) -> tuple[dict[str, float], dict[str, str], float, float]:
+    """Coordinate descent over ranges: per tensor in order, each distinct finite candidate amax
+    ({method: amax}) is tried with every earlier choice applied, and kept where ``error`` drops.
+    Returns (amax, {tensor: method} for the tensors that changed, error before, error after)."""
+    amax = dict(amax)
+    changed: dict[str, str] = {}
     before = best = error(amax)
-    for t in progress(searched, desc="range search", total=len(searched)):
-        chosen[t] = next((m for m, v in candidates[t].items() if v == amax[t]), "base")
+    for t in progress(tensors, desc=desc, total=len(tensors)):
         tried = [amax[t]]
         for method, value in candidates[t].items():
-            if any(np.isclose(value, v, rtol=1e-6) for v in tried):
+            if not math.isfinite(value) or any(np.isclose(value, v, rtol=1e-6) for v in tried):
                 continue
             tried.append(value)
             trial = {**amax, t: value}
             e = error(trial)
             if e < best:
-                best, amax, chosen[t] = e, trial, method
-    return amax, chosen, before, best
+                best, amax, changed[t] = e, trial, method
+    return amax, changed, before, best
