@@ -210,7 +210,8 @@ def run_recipe(name: str, label: str, recipe: dict) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     method = recipe.get("calib", {}).get("method")
     shared = (
-        method in SHARED_METHODS and not recipe.get("smooth_quant") and not recipe.get("equalize")
+        method in SHARED_METHODS
+        and not any(recipe.get(k) for k in ("smooth_quant", "equalize", "equalize_depthwise"))
     )
     try:
         config = config_for(name, recipe, out)
@@ -231,7 +232,7 @@ def run_recipe(name: str, label: str, recipe: dict) -> dict:
         "method": r.method,
         "qdq": qdq_counts(out),
     }
-    for key in ("bias_correction", "smooth_quant", "equalize"):
+    for key in ("bias_correction", "smooth_quant", "equalize", "equalize_depthwise"):
         v = getattr(r, key, None)
         if isinstance(v, dict) and v:
             entry[key] = {k: x for k, x in v.items() if isinstance(x, (int, float, str))}

@@ -116,6 +116,9 @@ class QuantizeConfig:
     bias_stats: str = "local"
     # Cross-layer equalization of Conv->Relu->Conv pairs before calibration (onnx/equalize.py).
     equalize: bool = False
+    # Per-channel ranges for depthwise Conv inputs as one scale per tensor: each input channel
+    # divided by its range, the depthwise weights multiplied by it (onnx/dwequalize.py).
+    equalize_depthwise: bool = False
     # SmoothQuant (onnx/smoothquant.py): move activation outliers into the weights of MatMul/Gemm
     # layers before calibration. A float alpha in [0, 1], "auto" (per activation), None: off.
     smooth_quant: float | str | None = None
@@ -161,6 +164,14 @@ class QuantizeConfig:
                 "equalization changes the FP32 weights, so a calibration cache would not fit the "
                 "original model: use the Q/DQ model (drop --cache), or drop --equalize"
             )
+        if self.equalize_depthwise and (self.write_cache or not self.write_qdq):
+            raise ValueError(
+                "depthwise equalization changes the FP32 weights, so a calibration cache would "
+                "not fit the original model: use the Q/DQ model (drop --cache), or drop "
+                "--equalize-depthwise"
+            )
+        if self.equalize_depthwise and self.data is None:
+            raise ValueError("depthwise equalization needs calibration data (--calib)")
         if self.max_float_layers is not None:
             from int8kit.analysis.fallback import budget_of
 
@@ -236,6 +247,7 @@ class QuantizeConfig:
             "bias_gate": self.bias_gate,
             "bias_stats": self.bias_stats,
             "equalize": self.equalize,
+            "equalize_depthwise": self.equalize_depthwise,
             "smooth_quant": self.smooth_quant,
             "adaround": self.adaround,
             "adaround_seconds": self.adaround_seconds,
@@ -268,6 +280,7 @@ class QuantizeConfig:
             bias_gate=d.get("bias_gate", False),  # ... nor a gate on it
             bias_stats=d.get("bias_stats", "local"),
             equalize=d.get("equalize", False),
+            equalize_depthwise=d.get("equalize_depthwise", False),
             smooth_quant=d.get("smooth_quant"),  # runs before these keys existed had neither
             adaround=d.get("adaround", False),
             adaround_seconds=d.get("adaround_seconds", 60.0),
@@ -308,6 +321,7 @@ class QuantizeResult:
     recipe: dict = field(default_factory=dict)  # what --method auto resolved to (recipes.py)
     adaround: dict = field(default_factory=dict)  # onnx.adaround.AdaRoundSummary as a dict
     equalize: dict = field(default_factory=dict)  # onnx.equalize.EqualizeSummary as a dict
+    equalize_depthwise: dict = field(default_factory=dict)  # onnx.dwequalize.DepthwiseSummary
     method: str = ""  # the range method used (``auto`` resolved)
     target: dict = field(default_factory=dict)  # name, scheme, reduce_range, warnings
 
@@ -408,6 +422,13 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         # The smoothed FP32 model computes the same function: the ranges are taken on it.
         model, result.smooth_quant = smooth_for_placement(
             model, config.placement, calib_src, config.smooth_quant
+        )
+    if config.equalize_depthwise and config.write_qdq:
+        from int8kit.onnx.dwequalize import equalize_for_placement
+
+        # Same FP32 function; the ranges are taken on the equalized model.
+        model, result.equalize_depthwise = equalize_for_placement(
+            model, config.placement, calib_src
         )
     target = get_target(config.target, config.reduce_range)
     config.reduce_range = target.reduce_range if target.name != "tensorrt" else None
