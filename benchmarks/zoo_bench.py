@@ -55,6 +55,7 @@ def recipe_grid() -> dict[str, dict]:
         add(f"{m}+bcraw", m, bias_gate=False)
         add(f"{m}+bc+sq", m, smooth_quant="auto")
         add(f"{m}+bc+cle", m, equalize=True)
+        add(f"{m}+bc+dw", m, equalize_depthwise=True)
     add("mse+sq", "mse", bc=False, smooth_quant="auto")
     add("minmax+sq", "minmax", bc=False, smooth_quant="auto")
     return recipes

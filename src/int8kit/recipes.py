@@ -20,6 +20,7 @@ class Recipe:
     method: str  # range method of the activations
     smooth_quant: float | str | None = None  # SmoothQuant alpha, "auto" (per activation) or off
     equalize: bool = False  # cross-layer equalization
+    equalize_depthwise: bool = False  # per-channel ranges of depthwise inputs (gated)
     why: str = ""
 
     def to_dict(self) -> dict:
@@ -85,6 +86,7 @@ def describe() -> str:
     for fam, r in DEFAULTS.items():
         extra = [f"SmoothQuant {r.smooth_quant}"] if r.smooth_quant is not None else []
         extra += ["cross-layer equalization"] if r.equalize else []
+        extra += ["depthwise equalization"] if r.equalize_depthwise else []
         lines.append(f"  {fam:<12} {' + '.join([r.method] + extra)}: {r.why}")
     lines.append(
         "  both: bias correction (gated per layer), layers reading the network input float"

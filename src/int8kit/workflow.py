@@ -117,8 +117,9 @@ class QuantizeConfig:
     # Cross-layer equalization of Conv->Relu->Conv pairs before calibration (onnx/equalize.py).
     equalize: bool = False
     # Per-channel ranges for depthwise Conv inputs as one scale per tensor: each input channel
-    # divided by its range, the depthwise weights multiplied by it (onnx/dwequalize.py).
-    equalize_depthwise: bool = False
+    # divided by its range, the depthwise weights multiplied by it (onnx/dwequalize.py), where
+    # held-out calibration samples show a clear gain. None: as the default recipe says.
+    equalize_depthwise: bool | None = None
     # SmoothQuant (onnx/smoothquant.py): move activation outliers into the weights of MatMul/Gemm
     # layers before calibration. A float alpha in [0, 1], "auto" (per activation), None: off.
     smooth_quant: float | str | None = None
@@ -280,7 +281,7 @@ class QuantizeConfig:
             bias_gate=d.get("bias_gate", False),  # ... nor a gate on it
             bias_stats=d.get("bias_stats", "local"),
             equalize=d.get("equalize", False),
-            equalize_depthwise=d.get("equalize_depthwise", False),
+            equalize_depthwise=d.get("equalize_depthwise", False),  # older runs: none
             smooth_quant=d.get("smooth_quant"),  # runs before these keys existed had neither
             adaround=d.get("adaround", False),
             adaround_seconds=d.get("adaround_seconds", 60.0),
@@ -357,6 +358,7 @@ def calibrate(
         ),
         names=names,
         light_consumer=not keep_hist,
+        total=total if keep_hist else None,
     )
     if not collectors:
         raise DataError("calibration saw no data: the data source produced no batch")
@@ -599,14 +601,16 @@ def _apply_recipe(config: QuantizeConfig, model, result: QuantizeResult) -> Quan
 
     fam, recipe = default_recipe(model)
     result.recipe = {"family": fam, **recipe.to_dict()}
-    sq = config.smooth_quant
-    if sq is None and not config.write_cache and config.data is not None:
-        sq = recipe.smooth_quant
+    sq, dw = config.smooth_quant, config.equalize_depthwise
+    if not config.write_cache and config.data is not None:
+        sq = recipe.smooth_quant if sq is None else sq
+        dw = recipe.equalize_depthwise if dw is None else dw
     return replace(
         config,
         calib=replace(config.calib, method=recipe.method),
         smooth_quant=sq,
         equalize=config.equalize or recipe.equalize,
+        equalize_depthwise=bool(dw),
     )
 
 

@@ -175,3 +175,38 @@ def test_workflow_refuses_a_cache_with_depthwise_equalization(tmp_path):
             equalize_depthwise=True,
             write_cache=True,
         )
+
+
+@pytest.fixture
+def dw_files(tmp_path):
+    import models
+
+    m = dw_block([act("Relu", "a", "r")], spread=np.array([1, 1, 1, 1, 1, 50.0]))
+    model = models.save(m, tmp_path / "dw.onnx")
+    data = models.save_npz(tmp_path / "calib.npz", n=64, x=(1, 3, 8, 8))
+    return model, data
+
+
+@pytest.mark.parametrize("flag", ["--equalize-depthwise", "--no-equalize-depthwise"])
+def test_cli_flag_equalizes_and_records_it(dw_files, tmp_path, capsys, flag):
+    import json
+
+    from int8kit.cli.main import main
+
+    model, data = dw_files
+    out = tmp_path / "dw.int8.onnx"
+    args = ["quantize", model, "--calib", data, "-o", str(out), "--method", "minmax"]
+    assert main([*args, flag, "--json", str(tmp_path / "s.json")]) == 0
+    text = capsys.readouterr().out
+    s = json.load(open(tmp_path / "s.json"))
+    on = flag == "--equalize-depthwise"
+    assert s["config"]["equalize_depthwise"] is on
+    assert ("depthwise equalization: 1 of 1 depthwise inputs" in text) is on
+    assert bool(s["equalize_depthwise"]) is on and (
+        not on or "r" in s["equalize_depthwise"]["equalized"]
+    )
+    # the int8 model's depthwise weights carry the channel scales (a channel's weights shrink)
+    q = weights(__import__("onnx").load(str(out)))
+    w_scale = next(v for k, v in q.items() if k.startswith("dw_w") and k.endswith("_scale"))
+    ranges = np.sort(np.asarray(w_scale))
+    assert bool(ranges[-1] / ranges[0] > 20) is on  # spread by the activation channel ranges
