@@ -358,7 +358,6 @@ def calibrate(
         ),
         names=names,
         light_consumer=not keep_hist,
-        total=total if keep_hist else None,
     )
     if not collectors:
         raise DataError("calibration saw no data: the data source produced no batch")
