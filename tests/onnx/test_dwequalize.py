@@ -210,3 +210,30 @@ def test_cli_flag_equalizes_and_records_it(dw_files, tmp_path, capsys, flag):
     w_scale = next(v for k, v in q.items() if k.startswith("dw_w") and k.endswith("_scale"))
     ranges = np.sort(np.asarray(w_scale))
     assert bool(ranges[-1] / ranges[0] > 20) is on  # spread by the activation channel ranges
+
+
+def test_conv1d_depthwise_gets_a_mul_of_its_own_rank():
+    import models
+
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((6, 3, 3)) * np.array([1, 1, 1, 1, 1, 40.0])[:, None, None]).astype(
+        np.float32
+    )
+    w2 = rng.standard_normal((6, 1, 3)).astype(np.float32)
+    f = numpy_helper.from_array
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1]),
+        helper.make_node("Clip", ["a", "lo", "hi"], ["r"], name="clip"),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="dw", group=6, pads=[1, 1]),
+    ]
+    inits = [f(w1, "w1"), f(w2, "w2"), f(np.float32(0), "lo"), f(np.float32(6), "hi")]
+    m = models.model(
+        nodes, [models.value("x", (None, 3, 16))], [models.value("y", (None, 6, 16))], inits
+    )
+    data = [{"x": rng.standard_normal((4, 3, 16)).astype(np.float32)} for _ in range(4)]
+    out, summary = equalize_depthwise(m, data, headroom=1.0)
+    assert summary.equalized["r"]["where"] == "inserted Mul"
+    inv = next(i for i in out.graph.initializer if i.name.startswith("r_dw_inv_s"))
+    assert list(inv.dims) == [1, 6, 1]
+    x = data[0]["x"]
+    np.testing.assert_allclose(run(out, x), run(m, x), rtol=1e-4, atol=1e-4)

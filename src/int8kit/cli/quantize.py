@@ -389,7 +389,9 @@ def print_summary(result, out=None) -> None:
         for pair, why in list(eq["skipped"].items())[:3]:
             p(f"    skipped {pair}: {why}")
     dw = result.equalize_depthwise
-    if dw and (dw.get("equalized") or dw.get("skipped")):
+    if dw.get("failed"):
+        p(f"  WARNING: {dw['failed']}")
+    elif dw and (dw.get("equalized") or dw.get("skipped")):
         done = dw.get("equalized", {})
         ratios = [d["error_ratio"] for d in done.values() if "error_ratio" in d]
         p(

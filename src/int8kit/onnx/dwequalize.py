@@ -55,6 +55,7 @@ class DepthwiseGroup:
     tensor: str
     layers: list[str]  # node names
     channels: int
+    rank: int = 4  # of the activation (N, C, spatial...): Conv1d 3, Conv2d 4, Conv3d 5
 
 
 @dataclass
@@ -102,7 +103,7 @@ def depthwise_groups(model) -> tuple[list[DepthwiseGroup], dict[str, str]]:
         x = node.input[0]
         if x in inits:
             continue
-        g = groups.setdefault(x, DepthwiseGroup(x, [], group))
+        g = groups.setdefault(x, DepthwiseGroup(x, [], group, len(w.dims)))
         if g.channels != group:
             skipped[node.name] = "readers of one activation disagree on its channels"
             continue
@@ -311,7 +312,7 @@ class _Editor:
             return f"BatchNormalization {node.name}"
         return None
 
-    def insert_mul(self, tensor: str, inv: np.ndarray, readers: list[str]) -> str:
+    def insert_mul(self, tensor: str, inv: np.ndarray, readers: list[str], rank: int) -> str:
         from onnx import helper
 
         base = f"{tensor}_dw_inv_s"
@@ -319,7 +320,7 @@ class _Editor:
         while name in self.inits or name in self.producer:
             i += 1
             name = f"{base}{i}"
-        shape = (1, len(inv), 1, 1)
+        shape = (1, len(inv)) + (1,) * (rank - 2)
         self.graph.initializer.append(self.from_array(inv.reshape(shape).astype(np.float32), name))
         out = f"{tensor}_dw_equalized"
         mul = helper.make_node("Mul", [tensor, name], [out], name=f"{tensor}_DepthwiseEqualize")
@@ -361,7 +362,7 @@ def apply_scales(model, groups: list[DepthwiseGroup], scales: dict[str, np.ndarr
         tensor, readers = ed.through_zero_pad(g.tensor, set(g.layers))
         took = ed.fold(tensor, inv, readers)
         if took is None:
-            took = ed.insert_mul(tensor, inv, sorted(readers))
+            took = ed.insert_mul(tensor, inv, sorted(readers), g.rank)
             ed = _Editor(out)
         if tensor != g.tensor:
             took += " (in front of the zero Pad)"
