@@ -162,7 +162,7 @@ def _channel_sq_error(x: np.ndarray, s: np.ndarray, top: float) -> np.ndarray:
 
 
 @dataclass
-class _Gate:
+class Gate:
     """Streaming state of one activation: the channel ranges of the estimation samples, then
     each candidate's int8 error on the held-out samples (weighted by the depthwise weights'
     energy per channel: the layer's output error)."""
@@ -208,11 +208,11 @@ class _Gate:
 
 
 def channel_stats(model, groups: list[DepthwiseGroup], batches, estimate: int | None, weights):
-    """{tensor: _Gate} from one FP32 pass: channel ranges on the first ``estimate`` samples of
+    """{tensor: Gate} from one FP32 pass: channel ranges on the first ``estimate`` samples of
     ``batches`` (None: all), each candidate's error on the samples after them."""
     from int8kit.onnx.observe import run_exposed
 
-    gates = {g.tensor: _Gate(weights[g.tensor]) for g in groups}
+    gates = {g.tensor: Gate(weights[g.tensor]) for g in groups}
     names = [g.tensor for g in groups]
     estimate = estimate if estimate is not None else float("inf")
     seen = 0
@@ -405,6 +405,34 @@ def _weight_energy(model, groups: list[DepthwiseGroup]) -> dict[str, np.ndarray]
     return out
 
 
+def decide(gate: Gate, channels: int, gated: bool, headroom: float | None = None):
+    """(s, record) for one activation: s its channel scales and record {"headroom", "spread",
+    "error_ratio" (with a gate)}; or (None, why it is left alone). ``gated``: the held-out
+    samples decide (else DEFAULT_HEADROOM); ``headroom``: this h, no gate."""
+    a = gate.amax_all
+    if a is None or a.shape != (channels,):
+        return None, "not observed as a float NCHW tensor of its channels"
+    if headroom is not None:
+        h = headroom
+    elif not gated or not gate.errors:  # no gate, or no held-out sample came
+        h = DEFAULT_HEADROOM
+    else:
+        h = gate.best()
+    if h is None or h == "none":
+        return None, (
+            f"per-channel ranges did not cut the held-out error to {MAX_ERROR_RATIO:g} of "
+            "one range's"
+        )
+    s = channel_scales(a, h)
+    if np.all(s == 1.0):
+        return None, "channels already share one range"
+    live = a[a > 0]
+    d = {"headroom": float(h), "spread": float(live.max() / live.min()) if live.size else 1.0}
+    if gate.errors and "none" in gate.errors and gate.errors["none"] > 0:
+        d["error_ratio"] = float(gate.errors[h] / gate.errors["none"])
+    return s, d
+
+
 def gate_split(num_samples: int | None, gate_samples: int) -> int | None:
     """Samples that estimate the channel ranges; the rest decide the headroom. None: no gate
     (too few samples, or a count not known in advance)."""
@@ -448,34 +476,12 @@ def equalize_depthwise(
     summary.gate_samples = 0 if estimate is None else num_samples - estimate
     scales, info = {}, {}
     for g in groups:
-        gate = gates[g.tensor]
-        a = gate.amax_all
-        if a is None or a.shape != (g.channels,):
-            summary.skipped[g.tensor] = "not observed as a float NCHW tensor of its channels"
-            continue
-        if headroom is not None:
-            h = headroom
-        elif estimate is None or not gate.errors:  # no gate, or no held-out sample came
-            h = DEFAULT_HEADROOM
-        else:
-            h = gate.best()
-        if h is None or h == "none":
-            summary.skipped[g.tensor] = (
-                f"per-channel ranges did not cut the held-out error to {MAX_ERROR_RATIO:g} of "
-                "one range's"
-            )
-            continue
-        s = channel_scales(a, h)
-        if np.all(s == 1.0):
-            summary.skipped[g.tensor] = "channels already share one range"
+        s, d = decide(gates[g.tensor], g.channels, estimate is not None, headroom)
+        if s is None:
+            summary.skipped[g.tensor] = d
             continue
         scales[g.tensor] = s
-        live = a[a > 0]
-        spread = float(live.max() / live.min()) if live.size else 1.0
-        d = {"layers": list(g.layers), "headroom": float(h), "spread": spread}
-        if gate.errors and "none" in gate.errors and gate.errors["none"] > 0:
-            d["error_ratio"] = float(gate.errors[h] / gate.errors["none"])
-        info[g.tensor] = d
+        info[g.tensor] = {"layers": list(g.layers), **d}
     if not scales:
         summary.seconds = time.perf_counter() - t0
         return model, summary
