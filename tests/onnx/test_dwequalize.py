@@ -237,3 +237,21 @@ def test_conv1d_depthwise_gets_a_mul_of_its_own_rank():
     assert list(inv.dims) == [1, 6, 1]
     x = data[0]["x"]
     np.testing.assert_allclose(run(out, x), run(m, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("explicit", [None, False])
+def test_the_default_recipe_equalizes_unless_told_not_to(dw_files, tmp_path, explicit):
+    from int8kit.data import DataConfig
+    from int8kit.workflow import QuantizeConfig, quantize_onnx
+
+    model, data = dw_files
+    config = QuantizeConfig(
+        model, str(tmp_path / "o.onnx"), data=DataConfig(data), equalize_depthwise=explicit
+    )
+    r = quantize_onnx(config)
+    assert r.recipe["equalize_depthwise"] is True  # what --method auto stands for
+    import json
+
+    written = json.load(open(tmp_path / "o.ranges.json"))["config"]  # the resolved run
+    assert written["equalize_depthwise"] is (explicit is None)
+    assert ("r" in r.equalize_depthwise.get("equalized", {})) is (explicit is None)
