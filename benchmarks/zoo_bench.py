@@ -56,6 +56,7 @@ def recipe_grid() -> dict[str, dict]:
         add(f"{m}+bc+sq", m, smooth_quant="auto")
         add(f"{m}+bc+cle", m, equalize=True)
         add(f"{m}+bc+dw", m, equalize_depthwise=True)
+        add(f"{m}+bc+dw+ctr", m, equalize_depthwise=True, center_one_sided=True)
     add("mse+sq", "mse", bc=False, smooth_quant="auto")
     add("minmax+sq", "minmax", bc=False, smooth_quant="auto")
     return recipes
@@ -233,7 +234,7 @@ def run_recipe(name: str, label: str, recipe: dict) -> dict:
         "method": r.method,
         "qdq": qdq_counts(out),
     }
-    for key in ("bias_correction", "smooth_quant", "equalize", "equalize_depthwise"):
+    for key in ("bias_correction", "smooth_quant", "equalize", "equalize_depthwise", "center"):
         v = getattr(r, key, None)
         if isinstance(v, dict) and v:
             entry[key] = {k: x for k, x in v.items() if isinstance(x, (int, float, str))}

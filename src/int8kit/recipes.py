@@ -21,6 +21,7 @@ class Recipe:
     smooth_quant: float | str | None = None  # SmoothQuant alpha, "auto" (per activation) or off
     equalize: bool = False  # cross-layer equalization
     equalize_depthwise: bool = False  # per-channel ranges of depthwise inputs (gated)
+    center_one_sided: bool = False  # zero point of one-sided inputs folded into the bias
     why: str = ""
 
     def to_dict(self) -> dict:
@@ -93,6 +94,7 @@ def describe() -> str:
         extra = [f"SmoothQuant {r.smooth_quant}"] if r.smooth_quant is not None else []
         extra += ["cross-layer equalization"] if r.equalize else []
         extra += ["depthwise equalization"] if r.equalize_depthwise else []
+        extra += ["one-sided activations centred"] if r.center_one_sided else []
         lines.append(f"  {fam:<12} {' + '.join([r.method] + extra)}: {r.why}")
     lines.append(
         "  both: bias correction (gated per layer), layers reading the network input float"

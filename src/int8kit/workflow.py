@@ -120,6 +120,10 @@ class QuantizeConfig:
     # divided by its range, the depthwise weights multiplied by it (onnx/dwequalize.py), where
     # held-out calibration samples show a clear gain. None: as the default recipe says.
     equalize_depthwise: bool | None = None
+    # One-sided activations (ReLU/GELU/HardSwish outputs) read by 1x1 Convs, Gemm and MatMul are
+    # centred (X - c) with c folded into those layers' biases, so the symmetric int8 scale covers
+    # only the values that occur (onnx/center.py). None: as the default recipe says.
+    center_one_sided: bool | None = None
     # SmoothQuant (onnx/smoothquant.py): move activation outliers into the weights of MatMul/Gemm
     # layers before calibration. A float alpha in [0, 1], "auto" (per activation), None: off.
     smooth_quant: float | str | None = None
@@ -170,6 +174,11 @@ class QuantizeConfig:
                 "depthwise equalization changes the FP32 weights, so a calibration cache would "
                 "not fit the original model: use the Q/DQ model (drop --cache), or drop "
                 "--equalize-depthwise"
+            )
+        if self.center_one_sided and (self.write_cache or not self.write_qdq):
+            raise ValueError(
+                "centring one-sided activations changes the graph, so a calibration cache would "
+                "not fit the original model: drop --cache, or drop --center-one-sided"
             )
         if self.equalize_depthwise and self.data is None:
             raise ValueError("depthwise equalization needs calibration data (--calib)")
@@ -249,6 +258,7 @@ class QuantizeConfig:
             "bias_stats": self.bias_stats,
             "equalize": self.equalize,
             "equalize_depthwise": self.equalize_depthwise,
+            "center_one_sided": self.center_one_sided,
             "smooth_quant": self.smooth_quant,
             "adaround": self.adaround,
             "adaround_seconds": self.adaround_seconds,
@@ -282,6 +292,7 @@ class QuantizeConfig:
             bias_stats=d.get("bias_stats", "local"),
             equalize=d.get("equalize", False),
             equalize_depthwise=d.get("equalize_depthwise", False),  # older runs: none
+            center_one_sided=d.get("center_one_sided", False),
             smooth_quant=d.get("smooth_quant"),  # runs before these keys existed had neither
             adaround=d.get("adaround", False),
             adaround_seconds=d.get("adaround_seconds", 60.0),
@@ -323,6 +334,7 @@ class QuantizeResult:
     adaround: dict = field(default_factory=dict)  # onnx.adaround.AdaRoundSummary as a dict
     equalize: dict = field(default_factory=dict)  # onnx.equalize.EqualizeSummary as a dict
     equalize_depthwise: dict = field(default_factory=dict)  # onnx.dwequalize.DepthwiseSummary
+    center: dict = field(default_factory=dict)  # onnx.center.CenterSummary as a dict
     method: str = ""  # the range method used (``auto`` resolved)
     target: dict = field(default_factory=dict)  # name, scheme, reduce_range, warnings
 
@@ -493,6 +505,12 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
             model, placement, ranges, calib_src, holdout_src, config
         )
 
+    if placement is not None and config.center_one_sided and target.name == "tensorrt":
+        from int8kit.onnx.center import center
+
+        model, placement, ranges, centered = center(model, placement, ranges)
+        result.center = asdict(centered)
+
     qdq_model = None
     if placement is not None:
         quant = target.quantizers(ranges, placement)  # amax, or uint8 parameters (ort-cpu)
@@ -606,16 +624,19 @@ def _apply_recipe(config: QuantizeConfig, model, result: QuantizeResult) -> Quan
 
     fam, recipe = default_recipe(model)
     result.recipe = {"family": fam, **recipe.to_dict()}
-    sq, dw = config.smooth_quant, config.equalize_depthwise
+    sq, dw, ctr = config.smooth_quant, config.equalize_depthwise, config.center_one_sided
     if not config.write_cache and config.data is not None:
         sq = recipe.smooth_quant if sq is None else sq
         dw = recipe.equalize_depthwise if dw is None else dw
+    if not config.write_cache:
+        ctr = recipe.center_one_sided if ctr is None else ctr
     return replace(
         config,
         calib=replace(config.calib, method=recipe.method),
         smooth_quant=sq,
         equalize=config.equalize or recipe.equalize,
         equalize_depthwise=bool(dw),
+        center_one_sided=bool(ctr),
     )
 
 

@@ -136,6 +136,15 @@ def register(sub) -> None:
         "--method auto does it by default (recipes.py), --no-equalize-depthwise turns it off",
     )
     g.add_argument(
+        "--center-one-sided",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one-sided activations (ReLU/GELU/HardSwish outputs) read by 1x1 Convs, Gemm and "
+        "MatMul: subtract the middle of their range and add it back in those layers' biases, "
+        "so the signed int8 scale covers only the values that occur (half the step; same FP32 "
+        "function). --no-center-one-sided turns the default recipe's choice off",
+    )
+    g.add_argument(
         "--smooth-quant",
         nargs="?",
         const="auto",
@@ -272,6 +281,7 @@ def build_config(args: argparse.Namespace, write_qdq: bool = True):
             bias_stats=getattr(args, "bias_stats", "local"),
             equalize=getattr(args, "equalize", False),
             equalize_depthwise=getattr(args, "equalize_depthwise", None),
+            center_one_sided=getattr(args, "center_one_sided", None),
             smooth_quant=getattr(args, "smooth_quant", None),
             adaround=getattr(args, "adaround", False),
             adaround_seconds=getattr(args, "adaround_seconds", 60.0),
@@ -333,6 +343,7 @@ def summary_dict(result) -> dict:
         "bias_correction": result.bias_correction,
         "equalize": result.equalize,
         "equalize_depthwise": result.equalize_depthwise,
+        "center": result.center,
         "smooth_quant": result.smooth_quant,
         "adaround": result.adaround,
         "target": result.target,
@@ -398,6 +409,13 @@ def print_summary(result, out=None) -> None:
             f"  depthwise equalization: {len(done)} of {len(done) + len(dw.get('skipped', {}))} "
             "depthwise inputs got per-channel ranges"
             + (f" (held-out int8 error x{np.median(ratios):.2g}, median)" if ratios else "")
+        )
+    ctr = result.center
+    if ctr.get("centered"):
+        ratios = [d["amax"] / d["amax_before"] for d in ctr["centered"].values()]
+        p(
+            f"  one-sided activations centred: {len(ctr['centered'])} (int8 step "
+            f"x{np.median(ratios):.2g}, median), the shift folded into their readers' biases"
         )
     _print_ptq(result, p)
     print_bias_correction(result.bias_correction, p)
