@@ -68,6 +68,14 @@ def register(subparsers) -> None:
         "matches FP32 (default on; in the Q/DQ model only)",
     )
     add_bias_gate_arg(q)
+    q.add_argument(
+        "--equalize-depthwise",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="give each input channel of a depthwise conv its own range through one scale per "
+        "tensor (same FP32 function), where held-out calibration samples show a clear gain; "
+        "--method auto does it when the default recipe says so (int8kit.recipes)",
+    )
     add_holdout_args(q)
     q.add_argument("--input-shape", default="1x3x224x224", help="NxCxHxW (default 1x3x224x224)")
     q.add_argument("--num-samples", type=int, default=256, help="calibration images to use")
@@ -166,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
             quantize_input_layers=args.quantize_input_layers,
             bias_correction=args.bias_correction,
             bias_gate=args.bias_gate,
+            equalize_depthwise=args.equalize_depthwise,
         )
         pre = PreprocessConfig(
             recipe=args.recipe,
@@ -251,6 +260,13 @@ def print_summary(summary: dict, factory: str, out=None) -> None:
         p(
             f"  float (read the network input): {', '.join(stem)} "
             "(--quantize-input-layers quantizes them)"
+        )
+    dw = summary.get("equalize_depthwise") or {}
+    if dw.get("equalized") or dw.get("skipped"):
+        done = dw.get("equalized", {})
+        p(
+            f"  depthwise equalization: {len(done)} of {len(done) + len(dw.get('skipped', {}))} "
+            "depthwise convs got per-channel input ranges"
         )
     print_bias_correction(summary.get("bias_correction", {}), p)
     for kind, path in summary["outputs"].items():

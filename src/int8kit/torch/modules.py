@@ -21,6 +21,9 @@ from torch import nn
 from int8kit.torch.quantizer import TensorQuantizer
 
 BIAS_SHIFT = "bias_shift"  # buffer of a bias-corrected module: added to its bias when quantized
+# Buffer of a depthwise conv with per-channel input ranges (`int8kit.torch.dwequalize`): 1/s per
+# input channel, shape (C, 1, ...), multiplied into the input before its quantizer.
+INPUT_INV_SCALE = "input_inv_scale"
 
 
 @dataclass(frozen=True)
@@ -84,12 +87,17 @@ class QuantWeightMixin:
 
     With a bias correction (buffer ``BIAS_SHIFT``, set by `int8kit.torch.bias`) the bias it reads
     in mode "quantize" is ``bias + shift``; in modes "off" and "calibrate" the module computes
-    its FP32 function unchanged."""
+    its FP32 function unchanged. With input scales (buffer ``INPUT_INV_SCALE``, set by
+    `set_input_scale`) the input is multiplied by it first, in every mode (the weight carries the
+    inverse)."""
 
     input_quantizer: TensorQuantizer
     weight_quantizer: TensorQuantizer
 
     def forward(self, input, *args, **kwargs):
+        inv = self._buffers.get(INPUT_INV_SCALE)
+        if inv is not None:
+            input = input * inv
         input = self.input_quantizer(input)
         # An instance attribute shadows the parameter (nn.Module.__getattr__ is only the
         # fallback), so the class's own forward — padding and all — reads the quantized weight.
@@ -105,11 +113,31 @@ class QuantWeightMixin:
             self.__dict__.pop("bias", None)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + BIAS_SHIFT
-        if key in state_dict and self._buffers.get(BIAS_SHIFT) is None:
-            device = self._parameters["weight"].device  # not the state dict's (often the CPU)
-            self.register_buffer(BIAS_SHIFT, torch.zeros_like(state_dict[key], device=device))
+        for name in (BIAS_SHIFT, INPUT_INV_SCALE):
+            key = prefix + name
+            if key in state_dict and self._buffers.get(name) is None:
+                device = self._parameters["weight"].device  # not the state dict's (often the CPU)
+                self.register_buffer(name, torch.zeros_like(state_dict[key], device=device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def set_input_scale(module: nn.Module, s: torch.Tensor | None) -> None:
+    """Divide input channel c of the depthwise conv ``module`` by s[c] (buffer
+    ``INPUT_INV_SCALE``, applied before its input quantizer) and multiply the weights of the
+    output channels that read it by s[c]: the same FP32 function. A previous scale is undone
+    first; ``s=None`` only undoes it."""
+    w = module._parameters["weight"]
+    shape = [-1] + [1] * (w.dim() - 1)
+    with torch.no_grad():
+        old = module._buffers.pop(INPUT_INV_SCALE, None)
+        if old is not None:
+            inv = old.reshape(-1).to(w.dtype)
+            w.mul_(inv.repeat_interleave(w.shape[0] // inv.numel()).reshape(shape))
+        if s is None:
+            return
+        s = torch.as_tensor(s).to(device=w.device, dtype=w.dtype).reshape(-1)
+        w.mul_(s.repeat_interleave(w.shape[0] // s.numel()).reshape(shape))
+        module.register_buffer(INPUT_INV_SCALE, (1.0 / s).reshape([-1] + [1] * (w.dim() - 2)))
 
 
 _CLASSES: dict[tuple[type, type], type] = {}
@@ -146,4 +174,6 @@ def unconvert(module: nn.Module) -> None:
         if name in module._modules:
             del module._modules[name]
     module._buffers.pop(BIAS_SHIFT, None)
+    if INPUT_INV_SCALE in module._buffers:
+        set_input_scale(module, None)  # the weight back to the one of the plain module
     module.__class__ = base

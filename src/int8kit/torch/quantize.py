@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import warnings
 from collections.abc import Callable, Iterator
@@ -95,9 +96,11 @@ def calibrate(model: nn.Module, forward_loop: Callable[[nn.Module], object]) -> 
     then set each amax by its method. The model runs in eval mode without gradients.
 
     By the model's config (`QuantConfig`): the layers reading the network input stay float
-    (`int8kit.torch.stem`, found on the first forward), and after the ranges a second, shorter
-    run of ``forward_loop`` estimates the gated bias correction (`int8kit.torch.bias`).
-    Returns {quantizer name: amax}."""
+    (`int8kit.torch.stem`, found on the first forward); with ``equalize_depthwise`` the channel
+    ranges of the depthwise convs' inputs are collected in the same pass, and a short pass (the
+    gate) plus, where a layer is equalized, a full one for its new range follow
+    (`int8kit.torch.dwequalize`); then a shorter run of ``forward_loop`` estimates the gated
+    bias correction (`int8kit.torch.bias`). Returns {quantizer name: amax}."""
     config = get_config(model) or QuantConfig()
     was_training = model.training
     model.eval()
@@ -113,8 +116,17 @@ def calibrate(model: nn.Module, forward_loop: Callable[[nn.Module], object]) -> 
             seen[0] += stem.batch_size(args, kwargs)
 
     counter = model.register_forward_pre_hook(count, with_kwargs=True)
+    ranges = None
+    if config.equalize_depthwise:
+        from int8kit.torch.dwequalize import ChannelRanges
+
+        ranges = ChannelRanges(model)
     try:
-        with torch.no_grad(), batchnorm.record_conv_bn_pairs(model):
+        with (
+            torch.no_grad(),
+            batchnorm.record_conv_bn_pairs(model),
+            ranges or contextlib.nullcontext(),
+        ):
             forward_loop(model)
     finally:
         counter.remove()
@@ -122,6 +134,11 @@ def calibrate(model: nn.Module, forward_loop: Callable[[nn.Module], object]) -> 
         model.train(was_training)
     object.__setattr__(model, SAMPLES_ATTR, seen[0])
     amax = load_amax(model)
+    if ranges is not None:
+        from int8kit.torch.dwequalize import equalize_depthwise
+
+        equalize_depthwise(model, forward_loop, ranges=ranges, reduce=config.distributed)
+        amax = {n: float(q.amax) for n, q in quantizers(model) if n in amax}
     if config.bias_correction:
         from int8kit.torch.bias import bias_correct
 
@@ -138,10 +155,12 @@ def quantize(
     """Swap the quantizable modules of ``model`` in place and, with ``forward_loop``, calibrate.
 
     ``forward_loop(model)`` runs the model over the calibration data (it owns the data;
-    e.g. ``lambda m: [m(x) for x in loader]``); it is called twice when bias correction is on
-    (the second time stopped after 48 samples). Without it the model is left in mode
-    "calibrate": run it over the data yourself, then call `load_amax` (and, for the bias
-    correction, `int8kit.torch.bias_correct(model, forward_loop)`).
+    e.g. ``lambda m: [m(x) for x in loader]``); it is called again when bias correction is on
+    (stopped after 48 samples) and for depthwise equalization (the gate, stopped after 32
+    samples, and one full pass where a layer is equalized). Without it the model is left in mode
+    "calibrate": run it over the data yourself, then call `load_amax` (and
+    `int8kit.torch.dwequalize.equalize_depthwise(model, forward_loop)`, then
+    `int8kit.torch.bias_correct(model, forward_loop)`).
     """
     config = config or QuantConfig()
     replace_modules(model, config)

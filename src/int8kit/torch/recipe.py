@@ -4,9 +4,11 @@ The ONNX path tells a transformer from a conv net by its graph (attention: a Sof
 MatMul of two activations). A module has no graph before it runs, so here the family is read from
 the module tree: an ``nn.MultiheadAttention`` or a module class named ``*Attention*`` (Hugging
 Face, timm) makes a transformer; anything else gets the conv row. The recipe's range method is
-used; bias correction and the float stem are QuantConfig fields of their own (on by default, as
-in the ONNX path). The algorithms a row may add that the PyTorch path lacks (SmoothQuant,
-cross-layer equalization) are named in the record, not silently dropped.
+used, and its depthwise equalization (`int8kit.torch.dwequalize`) unless
+``QuantConfig.equalize_depthwise`` says otherwise; bias correction and the float stem are
+QuantConfig fields of their own (on by default, as in the ONNX path). The algorithms a row may
+add that the PyTorch path lacks (SmoothQuant, cross-layer equalization) are named in the record,
+not silently dropped.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ def family(model: nn.Module) -> str:
 
 
 def resolve(config: QuantConfig, model: nn.Module) -> tuple[QuantConfig, dict]:
-    """(config with ``auto`` replaced by the recipe's method, the recipe record). The record is
-    empty when the method was given explicitly."""
+    """(config with ``auto`` replaced by the recipe's method and ``equalize_depthwise=None`` by
+    the recipe's choice, the recipe record). The record is empty when the method was given
+    explicitly (and None means no depthwise equalization then, as in the ONNX path)."""
     if config.method != "auto":
-        return config, {}
+        return replace(config, equalize_depthwise=bool(config.equalize_depthwise)), {}
     fam = family(model)
     recipe = DEFAULTS[fam]
+    dw = config.equalize_depthwise
     record = {"family": fam, **recipe.to_dict()}
     missing = [
         name
@@ -45,4 +49,8 @@ def resolve(config: QuantConfig, model: nn.Module) -> tuple[QuantConfig, dict]:
     ]
     if missing:
         record["not_in_torch_path"] = missing
-    return replace(config, method=recipe.method), record
+    return replace(
+        config,
+        method=recipe.method,
+        equalize_depthwise=recipe.equalize_depthwise if dw is None else dw,
+    ), record
