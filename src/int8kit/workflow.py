@@ -370,6 +370,7 @@ def calibrate(
         ),
         names=names,
         light_consumer=not keep_hist,
+        total=total if keep_hist else None,
     )
     if not collectors:
         raise DataError("calibration saw no data: the data source produced no batch")
@@ -736,11 +737,13 @@ def fidelity(
 
 def _check(model) -> None:
     from int8kit._deps import require
+    from int8kit.onnx.observe import serialized
 
     onnx = require("onnx")
+    data = serialized(model)  # None past 2 GB, which the checker cannot read from memory
     try:
-        if model.ByteSize() < 2**31 - 1:
-            onnx.checker.check_model(model)
+        if data is not None:
+            onnx.checker.check_model(data)
     except onnx.checker.ValidationError as exc:
         raise ModelError(
             f"the Q/DQ model failed onnx.checker ({exc}); please report this with the model"

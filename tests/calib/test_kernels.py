@@ -147,3 +147,46 @@ def test_channel_sums_numba_can_be_switched_off(monkeypatch):
     kernels.warm_channel_sums()  # nothing to warm: no error
     with pytest.raises(RuntimeError, match="numba"):
         kernels.add_channel_sums(np.ones((1, 1, 4), np.float32), None, np.zeros(1), None, True)
+
+
+def test_numpy_bins_values_past_the_range_into_the_last_bin():
+    # |x| * inv_width overflows float32 to inf: still the last bin, never an undefined cast
+    x = np.array([3e38, -3e38, 1e30, 5.5e-10, np.finfo(np.float32).tiny], np.float32)
+    counts = np.zeros(16, np.int64)
+    with np.errstate(over="ignore"):
+        kernels.add_counts(x, np.float32(1e10), counts, use_numba=False)
+    assert counts[-1] == 3 and counts[5] == 1 and counts[0] == 1
+
+
+@pytest.fixture
+def fresh_plan(monkeypatch):
+    """A process that has loaded no kernel and announced nothing yet."""
+    monkeypatch.setattr(kernels, "_compiled", {})
+    monkeypatch.setattr(kernels, "_planned", None)
+    monkeypatch.delenv("INT8KIT_NUMBA", raising=False)
+
+
+def test_a_small_plan_keeps_numba_unloaded_and_counts_exactly(fresh_plan):
+    x, nbins, top = samples()[0]
+    inv = np.float32(nbins / top)
+    kernels.plan(int(kernels.NUMBA_FROM) // 2)
+    assert not kernels.numba_wanted()
+    counts, sums, qsums = np.zeros(nbins, np.int64), np.zeros(1), np.zeros(1)
+    kernels.add_counts(x, inv, counts)
+    kernels.add_channel_sums(x.reshape(1, 1, -1), np.float32(0.1), sums, qsums)
+    assert kernels._compiled == {}  # neither kernel was loaded
+    np.testing.assert_array_equal(counts, reference(x, inv, nbins))
+    kernels.plan(int(kernels.NUMBA_FROM) // 2)  # the process's plans add up
+    assert kernels._numba_pays()
+
+
+@needs_numba
+def test_without_a_plan_or_once_numba_is_loaded_it_is_used(fresh_plan):
+    assert kernels.numba_wanted()  # no plan: numba where installed, as before plans existed
+    kernels.plan(1)
+    assert not kernels.numba_wanted()
+    kernels.numba_kernel()  # loaded anyway (use_numba=True somewhere): it is used from now on
+    assert kernels.numba_wanted()
+    counts = np.zeros(8, np.int64)
+    kernels.add_counts(np.ones(5, np.float32), np.float32(1), counts)
+    assert counts[1] == 5

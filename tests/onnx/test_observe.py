@@ -69,3 +69,22 @@ def test_pads_an_exporter_computes_from_constants_are_derived_too():
     for values in ob.run_exposed(m, ["p"], batches):
         direct.collect(values["p"])
     np.testing.assert_array_equal(got.counts, direct.counts)
+
+
+def test_sessions_from_bytes_and_from_the_model_agree():
+    m = padded_chain()
+    data = ob.serialized(m)
+    assert data == m.SerializeToString()
+    x = {"x": np.random.default_rng(1).normal(size=(2, 3, 5, 6)).astype(np.float32)}
+    a, b = ob.make_session(m).run(None, x)[0], ob.make_session(data).run(None, x)[0]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_observe_announces_its_work_to_the_kernels(monkeypatch):
+    from int8kit.calib import kernels
+
+    monkeypatch.setattr(kernels, "_planned", None)
+    m = padded_chain()
+    batches = [{"x": np.ones((2, 3, 5, 6), np.float32)} for _ in range(3)]
+    ob.observe(m, batches, HistogramCollector, names=["r", "p"], total=3)
+    assert kernels._planned == 3 * 2 * 3 * 5 * 6  # "p" is derived from "r": only "r" is exposed

@@ -35,12 +35,13 @@ def _why(exc: Exception) -> str:
 
 def open_sessions(model, backends) -> dict[str, object]:
     """{backend label: ONNX Runtime session of ``model``, or why ORT refused it (a str)}."""
-    from int8kit.onnx.observe import make_session
+    from int8kit.onnx.observe import make_session, serialized
 
+    data = serialized(model) if len(backends) > 1 else None  # once for every backend
     sessions: dict[str, object] = {}
     for b in backends:
         try:
-            sessions[b] = make_session(model, optimize=BACKENDS[b])
+            sessions[b] = make_session(model if data is None else data, optimize=BACKENDS[b])
         except Exception as exc:  # ORT raises its own Fail/RuntimeException types
             sessions[b] = f"ONNX Runtime refused the model: {_why(exc)}"
     return sessions

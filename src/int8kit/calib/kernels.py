@@ -5,12 +5,18 @@ it is installed, a few vectorised NumPy passes otherwise. Both bin exactly alike
 
 numba's loop (~0.5 ns per value) keeps four sub-histograms so that runs of equal values (the
 zeros after a ReLU, the sixes after a ReLU6) do not serialise on one counter; NumPy's path
-(``np.add.at`` on pre-scaled indices) costs ~3-4x as much. The kernel releases the GIL, so it runs
-beside ONNX Runtime's forward pass of the next batch (onnx/observe.py).
+(pre-scaled indices into ``np.bincount``) costs ~2x as much. The kernel releases the GIL, so it
+runs beside ONNX Runtime's forward pass of the next batch (onnx/observe.py).
+
+numba's first kernel in a process costs ~0.5-0.9 s (its import, the SciPy import it makes,
+loading the cached machine code), more than NumPy's extra time on a small job. A caller that
+knows how much work is coming says so (``plan``); below ``NUMBA_FROM`` planned values the kernels
+run on NumPy unless numba is loaded already (benchmarks/fixed_cost.py measures both).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 
@@ -20,6 +26,13 @@ _scratch = threading.local()  # per-thread buffers, grown to the largest need
 # compiled numba kernels by name; False where numba is unavailable or INT8KIT_NUMBA=0
 _compiled: dict[str, object] = {}
 _lock = threading.Lock()
+# Values a process must plan to push through the kernels before loading numba pays: its load
+# (~0.5 s on an idle machine) over what it saves (~2 ns a value: histogram and channel sums).
+# Default recipe on 2 busy cores, NumPy over numba, medians of 6 (benchmarks/fixed_cost.py):
+# MiniLM (1.1e8 values) x0.86; PP-LCNet (3.3e8) and RetinaFace (4.1e8) level (x1.0, x0.99), and
+# numba gains where ONNX Runtime gets more cores. The other zoo models plan 5.7e8 to 9.5e9.
+NUMBA_FROM = 2.5e8
+_planned: int | None = None  # values announced by plan() in this process (None: no plan)
 
 
 def _compile():
@@ -75,9 +88,26 @@ def numba_kernel():
     return _kernel("counts", _compile)
 
 
+def plan(values: int) -> None:
+    """Announce about ``values`` more values for the kernels (a calibration pass: its first
+    batch's values times the number of batches). While numba is not loaded and the values a
+    process announced stay below ``NUMBA_FROM``, ``use_numba=None`` means NumPy; a process that
+    never announces anything gets numba wherever it is installed."""
+    global _planned
+    with _lock:
+        _planned = (_planned or 0) + int(values)
+
+
+def _numba_pays() -> bool:
+    """What ``use_numba=None`` stands for now (numba may still turn out to be missing)."""
+    if any(_compiled.values()):  # loaded: the other kernel costs ~10 ms more
+        return True
+    return _planned is None or _planned >= NUMBA_FROM
+
+
 def _buffer(name: str, shape, dtype) -> np.ndarray:
     buf = getattr(_scratch, name, None)
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     if buf is None or buf.size < size:
         buf = np.zeros(size, dtype=dtype)
         setattr(_scratch, name, buf)
@@ -87,7 +117,10 @@ def _buffer(name: str, shape, dtype) -> np.ndarray:
 def add_counts(x: np.ndarray, inv_width: np.float32, counts: np.ndarray, use_numba=None) -> None:
     """Add the binned |x| (flat, finite float32) into ``counts`` (int64), in place.
 
-    ``use_numba``: None picks numba when available; False forces the NumPy path."""
+    ``use_numba``: None picks numba when available and worth loading (``plan``); False forces
+    the NumPy path."""
+    if use_numba is None:
+        use_numba = None if _numba_pays() else False
     kernel = numba_kernel() if use_numba is not False else None
     if use_numba and kernel is None:
         raise RuntimeError("numba is not available (pip install numba)")
@@ -95,11 +128,14 @@ def add_counts(x: np.ndarray, inv_width: np.float32, counts: np.ndarray, use_num
         # The sub-histograms are zero between calls (the kernel clears what it folds in).
         kernel(x, inv_width, counts, _buffer("sub", (4, counts.size), np.int64))
         return
+    # float32 |x| * inv_width clamped to the last bin, truncated: the index above
+    scaled = _buffer("scaled", (x.size,), np.float32)
+    np.multiply(x, inv_width, out=scaled)
+    np.abs(scaled, out=scaled)
+    np.minimum(scaled, np.float32(counts.size - 1), out=scaled)
     idx = _buffer("index", (x.size,), np.intp)
-    np.multiply(x, inv_width, out=idx, casting="unsafe")
-    np.abs(idx, out=idx)
-    np.minimum(idx, counts.size - 1, out=idx)
-    np.add.at(counts, idx, 1)
+    np.copyto(idx, scaled, casting="unsafe")
+    counts += np.bincount(idx, minlength=counts.size)
 
 
 # -- per-channel sums of a tensor and of its int8 fake-quantized values (bias correction) ------
@@ -150,11 +186,11 @@ def _compile_sums():
 
 
 def numba_wanted() -> bool:
-    """Whether the kernels will be numba's (numba installed, not switched off), without
-    importing it."""
+    """Whether ``use_numba=None`` kernels will be numba's (numba installed, not switched off,
+    worth loading: ``plan``), without importing it."""
     if "sums" in _compiled:
         return bool(_compiled["sums"])
-    if _numba_off():
+    if _numba_off() or not _numba_pays():
         return False
     import importlib.util
 
@@ -182,8 +218,8 @@ def as_channel_view(x: np.ndarray, axis: int) -> np.ndarray:
     """``x`` as a C-contiguous float32 (P, C, R) array with ``axis`` as C (no copy when it can)."""
     axis = axis % x.ndim
     shape = x.shape
-    p = int(np.prod(shape[:axis], dtype=np.int64))
-    r = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+    p = math.prod(shape[:axis])
+    r = math.prod(shape[axis + 1 :])
     return np.ascontiguousarray(x, dtype=np.float32).reshape(p, shape[axis], r)
 
 
@@ -200,12 +236,14 @@ def add_channel_sums(
     rint(clamp(x / scale, -128, 127)) into ``qsums`` (float64, (C,)), in place.
 
     ``bounds``: the clamp of rint(x / scale): int8 (-128, 127), or (-zp, 255 - zp) for a uint8
-    quantizer with zero point zp. ``use_numba``: None picks numba when available; False forces
-    the NumPy path."""
+    quantizer with zero point zp. ``use_numba``: None picks numba when available and worth
+    loading (``plan``); False forces the NumPy path."""
     lo, hi = np.float32(bounds[0]), np.float32(bounds[1])
     quantize = scale is not None
     if quantize and qsums is None:
         raise ValueError("a scale needs qsums")
+    if use_numba is None:
+        use_numba = None if _numba_pays() else False
     kernel = channel_sums_kernel() if use_numba is not False else None
     if use_numba and kernel is None:
         raise RuntimeError("numba is not available (pip install numba)")

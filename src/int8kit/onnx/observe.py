@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import queue
 import tempfile
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from int8kit._deps import require
-from int8kit.onnx.model_io import model_bytes_or_path
+from int8kit.onnx.model_io import _PROTOBUF_LIMIT, model_bytes_or_path
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,33 @@ def expose(model, names: list[str]):
     return out
 
 
+# bytes per element of the ONNX tensor types (others: 8, an upper bound)
+_ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 9: 1, 10: 2, 12: 4, 16: 2, 17: 1, 18: 1, 19: 1}
+
+
+def serialized(model) -> bytes | None:
+    """``model`` as bytes for ONNX Runtime, or None where it is (or may be) past protobuf's
+    2 GB: save it to a file instead. One serialization: upb's ByteSize() serializes too, so asking
+    for the size first costs a second one (~0.1 s for a 90 MB model)."""
+    weights = sum(
+        math.prod(t.dims) * _ITEMSIZE.get(t.data_type, 8) for t in model.graph.initializer
+    )
+    if weights > _PROTOBUF_LIMIT:
+        return None
+    try:
+        data = model.SerializeToString()
+    except Exception:  # protobuf refuses a message it cannot encode
+        return None
+    return data if len(data) <= _PROTOBUF_LIMIT else None
+
+
 def make_session(
     model, providers: list[str] | None = None, optimize: bool = True, threads: int = 0
 ):
-    """An onnxruntime session of an in-memory model. ``optimize=False`` runs every node as it
-    is, which for a Q/DQ model is exactly "quantize, round, clamp, dequantize in float" — what
-    TensorRT computes (DESIGN.md, fidelity)."""
+    """An onnxruntime session of an in-memory model (a ModelProto, or its bytes from
+    ``serialized``). ``optimize=False`` runs every node as it is, which for a Q/DQ model is
+    exactly "quantize, round, clamp, dequantize in float" — what TensorRT computes (DESIGN.md,
+    fidelity)."""
     ort = require("onnxruntime", "running ONNX models")
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -86,12 +108,12 @@ def make_session(
         so.intra_op_num_threads = threads
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    providers = providers or ["CPUExecutionProvider"]
+    data = model if isinstance(model, bytes) else serialized(model)
+    if data is not None:
+        return ort.InferenceSession(data, so, providers=providers)
     with tempfile.TemporaryDirectory() as tmp:
-        return ort.InferenceSession(
-            model_bytes_or_path(model, Path(tmp)),
-            so,
-            providers=providers or ["CPUExecutionProvider"],
-        )
+        return ort.InferenceSession(model_bytes_or_path(model, Path(tmp)), so, providers=providers)
 
 
 def _ort_threads(leave_one_core: bool = True) -> int:
@@ -313,11 +335,14 @@ def observe(
     names: list[str] | None = None,
     providers: list[str] | None = None,
     light_consumer: bool = False,
+    total: int | None = None,
 ) -> dict[str, object]:
     """Stream every batch through the model and feed each exposed tensor to its collector.
     A tensor that only rearranges another's values (Reshape, Transpose, ...) is not run
     through a collector of its own: it gets a copy of that tensor's collector at the end.
-    ``light_consumer``: the collectors are cheap (no histogram), give ONNX Runtime every core."""
+    ``light_consumer``: the collectors are cheap (no histogram), give ONNX Runtime every core.
+    ``total``: how many batches come, when the collectors bin every value (calib.kernels): the
+    first batch's values times ``total`` are announced to ``kernels.plan``."""
     names = names if names is not None else activation_tensors(model)
     # A zero Pad's output is its input plus zeros: the input is observed, the zeros counted
     # (collectors with ``add_zeros``; others observe the Pad's output itself).
@@ -329,6 +354,10 @@ def observe(
     if sizes is not None:
         batches = _counting(batches, sizes)
     for k, values in enumerate(run_exposed(model, exposed, batches, providers, light_consumer)):
+        if k == 0 and total:
+            from int8kit.calib import kernels
+
+            kernels.plan(total * sum(v.size for v in values.values()))
         for name, value in values.items():
             c = collectors.get(name)
             if c is None:
