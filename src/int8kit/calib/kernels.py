@@ -27,11 +27,12 @@ _scratch = threading.local()  # per-thread buffers, grown to the largest need
 _compiled: dict[str, object] = {}
 _lock = threading.Lock()
 # Values a process must plan to push through the kernels before loading numba pays: its load
-# (~0.5 s on an idle machine) over what it saves (~2 ns a value: histogram and channel sums).
-# Default recipe on 2 busy cores, NumPy over numba, medians of 6 (benchmarks/fixed_cost.py):
-# MiniLM (1.1e8 values) x0.86; PP-LCNet (3.3e8) and RetinaFace (4.1e8) level (x1.0, x0.99), and
-# numba gains where ONNX Runtime gets more cores. The other zoo models plan 5.7e8 to 9.5e9.
-NUMBA_FROM = 2.5e8
+# (~0.5 s on an idle machine, 0.9 s on a busy one) over what it saves (~2 ns a value: histogram
+# and channel sums), less where the histograms wait for ONNX Runtime anyway. Default recipe on 2
+# cores, NumPy over numba, medians of 6 (wall): MiniLM (1.1e8 values) x0.86, PP-LCNet (3.3e8)
+# x0.94-1.0, RetinaFace (4.1e8) x0.99; numba gains where ONNX Runtime gets more cores. The other
+# zoo models plan 5.7e8 to 9.5e9.
+NUMBA_FROM = 4e8
 _planned: int | None = None  # values announced by plan() in this process (None: no plan)
 
 
