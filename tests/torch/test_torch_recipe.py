@@ -43,7 +43,10 @@ def test_auto_is_the_onnx_paths_default_recipe_and_is_recorded(tmp_path):
     m = _default(torch_tiny.tiny_model(), torch_tiny.batches())
     want = DEFAULTS["conv"]
     assert get_config(m).method == want.method
-    assert get_recipe(m) == {"family": "conv", **want.to_dict()}
+    record = dict(get_recipe(m))
+    missing = record.pop("not_in_torch_path", [])  # named, never silently dropped
+    assert record == {"family": "conv", **want.to_dict()}
+    assert missing == [k for k in ("center_one_sided",) if record[k]]
     methods = {q.method for _, q in iq.quantizers(m) if not q.is_weight}
     assert methods == {want.method}
     written = iq.export_onnx(m, torch.zeros(1, 3, 16, 16), tmp_path / "t.int8.onnx")
@@ -65,6 +68,7 @@ def test_attention_modules_make_a_transformer_and_old_configs_keep_their_meaning
     assert recipe.family(Encoder()) == "transformer"
     assert recipe.family(torch_tiny.tiny_model()) == "conv"
     _, record = recipe.resolve(iq.QuantConfig(), Encoder())
+    record.pop("not_in_torch_path", None)
     assert record == {"family": "transformer", **DEFAULTS["transformer"].to_dict()}
     # A config saved before the recipe existed quantized the stem and corrected no bias.
     old = iq.QuantConfig.from_dict({"method": "entropy", "per_channel": True})

@@ -44,6 +44,7 @@ def resolve(config: QuantConfig, model: nn.Module) -> tuple[QuantConfig, dict]:
         for name, on in (
             ("smooth_quant", recipe.smooth_quant is not None),
             ("equalize", recipe.equalize),
+            ("center_one_sided", recipe.center_one_sided),
         )
         if on
     ]
