@@ -53,8 +53,8 @@ def _weight_sum(node, inits, to_array) -> np.ndarray | None:
     """Per output of ``node``: the sum of its weights over the inputs it reads from X (what a
     shift of X by 1 adds to that output); None when ``node`` pads, or its weight is not a
     constant."""
-    if len(node.input) < 2 or node.input[1] not in inits:
-        return None
+    if len(node.input) < 2 or node.input[1] not in inits or inits[node.input[1]].data_type != 1:
+        return None  # a weight computed at run time, or not FP32 (the Sub and bias are FP32)
     w = to_array(inits[node.input[1]]).astype(np.float64)
     a = _attrs(node)
     if node.op_type == "Conv":
