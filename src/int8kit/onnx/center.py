@@ -55,6 +55,9 @@ def _weight_sum(node, inits, to_array) -> np.ndarray | None:
     constant."""
     if len(node.input) < 2 or node.input[1] not in inits or inits[node.input[1]].data_type != 1:
         return None  # a weight computed at run time, or not FP32 (the Sub and bias are FP32)
+    if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2]:
+        if node.input[2] not in inits:
+            return None  # a bias computed at run time: nothing to fold the shift into
     w = to_array(inits[node.input[1]]).astype(np.float64)
     a = _attrs(node)
     if node.op_type == "Conv":
