@@ -411,7 +411,9 @@ def print_summary(result, out=None) -> None:
             + (f" (held-out int8 error x{np.median(ratios):.2g}, median)" if ratios else "")
         )
     ctr = result.center
-    if ctr.get("centered"):
+    if ctr.get("failed"):
+        p(f"  WARNING: {ctr['failed']}")
+    elif ctr.get("centered"):
         ratios = [d["amax"] / d["amax_before"] for d in ctr["centered"].values()]
         p(
             f"  one-sided activations centred: {len(ctr['centered'])} (int8 step "
