@@ -38,6 +38,12 @@ def _names(model) -> set[str]:
 # --- the recipe -------------------------------------------------------------------------------
 
 
+def _lacking(record: dict) -> list[str]:
+    """The algorithms of a recipe row that the PyTorch path does not have."""
+    on = {"smooth_quant": record["smooth_quant"] is not None, "equalize": record["equalize"]}
+    return [k for k, v in on.items() if v]
+
+
 def test_auto_is_the_onnx_paths_default_recipe_and_is_recorded(tmp_path):
     assert iq.QuantConfig().method == "auto"
     m = _default(torch_tiny.tiny_model(), torch_tiny.batches())
@@ -46,7 +52,7 @@ def test_auto_is_the_onnx_paths_default_recipe_and_is_recorded(tmp_path):
     record = dict(get_recipe(m))
     missing = record.pop("not_in_torch_path", [])  # named, never silently dropped
     assert record == {"family": "conv", **want.to_dict()}
-    assert missing == [k for k in ("center_one_sided",) if record[k]]
+    assert missing == _lacking(record)  # centring and depthwise equalization are applied
     methods = {q.method for _, q in iq.quantizers(m) if not q.is_weight}
     assert methods == {want.method}
     written = iq.export_onnx(m, torch.zeros(1, 3, 16, 16), tmp_path / "t.int8.onnx")
@@ -68,7 +74,7 @@ def test_attention_modules_make_a_transformer_and_old_configs_keep_their_meaning
     assert recipe.family(Encoder()) == "transformer"
     assert recipe.family(torch_tiny.tiny_model()) == "conv"
     _, record = recipe.resolve(iq.QuantConfig(), Encoder())
-    record.pop("not_in_torch_path", None)
+    assert record.pop("not_in_torch_path", []) == _lacking(record)
     assert record == {"family": "transformer", **DEFAULTS["transformer"].to_dict()}
     # A config saved before the recipe existed quantized the stem and corrected no bias.
     old = iq.QuantConfig.from_dict({"method": "entropy", "per_channel": True})

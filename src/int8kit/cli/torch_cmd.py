@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import statistics
 import sys
 
 from int8kit.calib.methods import METHODS
@@ -75,6 +76,15 @@ def register(subparsers) -> None:
         help="give each input channel of a depthwise conv its own range through one scale per "
         "tensor (same FP32 function), where held-out calibration samples show a clear gain; "
         "--method auto does it when the default recipe says so (int8kit.recipes)",
+    )
+    q.add_argument(
+        "--center-one-sided",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one-sided inputs (ReLU/GELU/HardSwish outputs) of Linears and Convs without "
+        "padding: subtract the middle of their range and add it back in those layers' biases, so "
+        "the signed int8 scale covers only the values that occur (half the step; same FP32 "
+        "function); --method auto does it when the default recipe says so (int8kit.recipes)",
     )
     add_holdout_args(q)
     q.add_argument("--input-shape", default="1x3x224x224", help="NxCxHxW (default 1x3x224x224)")
@@ -175,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
             bias_correction=args.bias_correction,
             bias_gate=args.bias_gate,
             equalize_depthwise=args.equalize_depthwise,
+            center_one_sided=args.center_one_sided,
         )
         pre = PreprocessConfig(
             recipe=args.recipe,
@@ -241,8 +252,8 @@ def run(args: argparse.Namespace) -> int:
 
 def print_summary(summary: dict, factory: str, out=None) -> None:
     """What `int8kit quantize` prints, for the PyTorch path (cli.summary holds the shared
-    parts): recipe, calibration, float stem, bias correction, QAT, files, held-out fidelity,
-    trtexec lines."""
+    parts): recipe, calibration, float stem, depthwise equalization, centring, bias correction,
+    QAT, files, held-out fidelity, trtexec lines."""
     from int8kit.cli.summary import print_bias_correction, print_fidelity, print_trtexec
 
     p = lambda *a: print(*a, file=out)  # noqa: E731
@@ -267,6 +278,13 @@ def print_summary(summary: dict, factory: str, out=None) -> None:
         p(
             f"  depthwise equalization: {len(done)} of {len(done) + len(dw.get('skipped', {}))} "
             "depthwise convs got per-channel input ranges"
+        )
+    ctr = summary.get("center_one_sided") or {}
+    if ctr.get("centered"):
+        ratios = [d["amax"] / d["amax_before"] for d in ctr["centered"].values()]
+        p(
+            f"  one-sided inputs centred: {len(ctr['centered'])} layers (int8 step "
+            f"x{statistics.median(ratios):.2g}, median), the shift folded into their biases"
         )
     print_bias_correction(summary.get("bias_correction", {}), p)
     for kind, path in summary["outputs"].items():

@@ -52,6 +52,10 @@ class QuantConfig:
         through one scale per tensor (`int8kit.torch.dwequalize`; the same FP32 function), where
         held-out calibration samples show a clear gain. None: as the recipe of ``method="auto"``
         says (off with an explicit method).
+    center_one_sided: give the one-sided inputs (ReLU/GELU/HardSwish outputs) of Linears and
+        Convs without padding half the int8 step: the layer reads x - c and adds c x its weight
+        sums to its bias (`int8kit.torch.center`; the same FP32 function). None: as the recipe
+        of ``method="auto"`` says (off with an explicit method).
     """
 
     method: str = "auto"
@@ -65,6 +69,7 @@ class QuantConfig:
     bias_correction: bool = True
     bias_gate: bool = True
     equalize_depthwise: bool | None = None
+    center_one_sided: bool | None = None
 
     def __post_init__(self) -> None:
         if self.method not in CONFIG_METHODS:
@@ -103,6 +108,8 @@ class QuantConfig:
         self.bias_gate = bool(self.bias_gate)
         if self.equalize_depthwise is not None:
             self.equalize_depthwise = bool(self.equalize_depthwise)
+        if self.center_one_sided is not None:
+            self.center_one_sided = bool(self.center_one_sided)
 
     def excluded(self, name: str) -> bool:
         """True when the module called ``name`` matches one of the exclude patterns."""
@@ -118,12 +125,13 @@ class QuantConfig:
         if unknown:
             raise ValueError(f"QuantConfig has no fields {unknown}; known: {sorted(known)}")
         # A config written before the recipe existed quantized the stem and had no correction;
-        # one written before depthwise equalization existed did not equalize.
+        # one written before depthwise equalization (centring) existed did not equalize (centre).
         old = {"quantize_input_layers": True, "bias_correction": False}
         return cls(
             **{
                 **(old if "bias_correction" not in d else {}),
                 "equalize_depthwise": False,
+                "center_one_sided": False,
                 **d,
             }
         )

@@ -29,6 +29,7 @@ from int8kit._deps import require
 from int8kit.calib.cache import CalibrationCache
 from int8kit.fileio import atomic_path, write_json
 from int8kit.torch import bias, distributed, stem
+from int8kit.torch.center import shifts
 from int8kit.torch.quantize import get_config, get_recipe, quantizers, set_mode
 
 
@@ -81,9 +82,11 @@ def _export(model, example_input, path: Path, opset: int, dynamic_batch: bool) -
             do_constant_folding=True,
         )
         onnx = require("onnx", "ONNX export")
-        model = onnx.load(str(tmp))
-        if _bypass_constant_identities(model):
-            onnx.save(model, str(tmp))
+        onnx_model = onnx.load(str(tmp))
+        changed = _bypass_constant_identities(onnx_model)
+        changed += _fold_constants(onnx_model, list(shifts(model)), opset)
+        if changed:
+            onnx.save(onnx_model, str(tmp))
 
 
 def _bypass_constant_identities(model) -> int:
@@ -107,6 +110,50 @@ def _bypass_constant_identities(model) -> int:
     del model.graph.node[:]
     model.graph.node.extend(keep)
     return len(alias)
+
+
+def _fold_constants(model, scopes: list[str], opset: int) -> int:
+    """Replace the nodes of the modules ``scopes`` whose inputs are all constants by
+    initializers (Q/DQ nodes excepted): a centred layer's c x weight sums, which the exporter
+    leaves as Flatten/ReduceSum/Mul/Add on the weight, become part of its bias constant (TensorRT
+    wants a constant bias). Returns the number of nodes folded."""
+    if not scopes:
+        return 0
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    graph = model.graph
+    prefixes = tuple("/" + s.replace(".", "/") + "/" if s else "/" for s in scopes)
+    const = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    keep, folded, read = [], [], set()
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            const[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif (
+            node.name.startswith(prefixes)
+            and node.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and node.input
+            and all(i in const for i in node.input if i)
+        ):
+            run = ReferenceEvaluator(node, opsets={"": opset})
+            values = run.run(None, {i: const[i] for i in node.input if i})
+            for name, value in zip(node.output, values, strict=True):
+                const[name] = value
+                graph.initializer.append(numpy_helper.from_array(value, name))
+            folded.append(node)
+            read.update(node.input)
+            continue
+        keep.append(node)
+    if not folded:
+        return 0
+    used = {i for n in keep for i in n.input} | {o.name for o in graph.output}
+    keep = [n for n in keep if n.op_type != "Constant" or n.output[0] in used]
+    del graph.node[:]
+    graph.node.extend(keep)
+    unused = [i for i in graph.initializer if i.name in read and i.name not in used]
+    for init in unused:
+        graph.initializer.remove(init)
+    return len(folded)
 
 
 def _quantizer_tensor_names(onnx_model) -> dict[str, str]:
@@ -168,6 +215,9 @@ def export_onnx(
             fp32_names |= {o for n in fp32.graph.node for o in n.output}
 
     config = get_config(qmodel)
+    shift_of = {
+        f"{n}.input_quantizer" if n else "input_quantizer": c for n, c in shifts(qmodel).items()
+    }
     ranges: dict[str, dict] = {}
     scales: dict[str, float] = {}
     for name, q in active:
@@ -176,6 +226,9 @@ def export_onnx(
         amax = float(q.amax.detach())
         tensor = tensor_of.get(name)
         entry = {"amax": amax, "scale": amax / 127.0, "method": q.method, "onnx_tensor": tensor}
+        if name in shift_of:  # it reads x - shift (onnx_tensor: the Sub's output); stats are x's
+            entry["method"] = f"{q.method}+centered"
+            entry["shift"] = shift_of[name]
         if q.collector is not None and q.collector.stats.count:
             entry["stats"] = q.collector.stats.to_dict()
         ranges[name] = entry

@@ -24,6 +24,10 @@ BIAS_SHIFT = "bias_shift"  # buffer of a bias-corrected module: added to its bia
 # Buffer of a depthwise conv with per-channel input ranges (`int8kit.torch.dwequalize`): 1/s per
 # input channel, shape (C, 1, ...), multiplied into the input before its quantizer.
 INPUT_INV_SCALE = "input_inv_scale"
+# Buffer of a Conv/Linear whose one-sided input is centred (`int8kit.torch.center`): the scalar c
+# subtracted from the input before its quantizer; c x (sum of the weights over the inputs) goes
+# back in through the bias, so the FP32 function is unchanged.
+INPUT_SHIFT = "input_shift"
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,10 @@ class QuantWeightMixin:
     in mode "quantize" is ``bias + shift``; in modes "off" and "calibrate" the module computes
     its FP32 function unchanged. With input scales (buffer ``INPUT_INV_SCALE``, set by
     `set_input_scale`) the input is multiplied by it first, in every mode (the weight carries the
-    inverse)."""
+    inverse). With an input shift (buffer ``INPUT_SHIFT``, set by `set_input_shift`) the layer
+    reads ``input - c`` and its bias gains ``c`` times the sum of its current weights over the
+    inputs, in every mode but "calibrate" (where the quantizer records the uncentred input that
+    c is computed from): weights that change in QAT carry the term with them."""
 
     input_quantizer: TensorQuantizer
     weight_quantizer: TensorQuantizer
@@ -98,14 +105,24 @@ class QuantWeightMixin:
         inv = self._buffers.get(INPUT_INV_SCALE)
         if inv is not None:
             input = input * inv
+        w = self._parameters["weight"]
+        bias = self._parameters.get("bias")
+        plus = []  # terms added to the bias for this call
+        c = self._buffers.get(INPUT_SHIFT)
+        if c is not None and self.input_quantizer.mode != "calibrate":
+            input = input - c
+            plus.append(c * w.flatten(1).sum(1))  # the float weights: what X = X' + c reads
         input = self.input_quantizer(input)
         # An instance attribute shadows the parameter (nn.Module.__getattr__ is only the
         # fallback), so the class's own forward — padding and all — reads the quantized weight.
-        self.__dict__["weight"] = self.weight_quantizer(self._parameters["weight"])
+        self.__dict__["weight"] = self.weight_quantizer(w)
         shift = self._buffers.get(BIAS_SHIFT)
         if shift is not None and self.weight_quantizer.mode == "quantize":
-            bias = self._parameters.get("bias")
-            self.__dict__["bias"] = shift if bias is None else bias + shift
+            plus.append(shift)
+        for term in plus:
+            bias = term if bias is None else bias + term
+        if plus:
+            self.__dict__["bias"] = bias
         try:
             return super().forward(input, *args, **kwargs)
         finally:
@@ -113,7 +130,7 @@ class QuantWeightMixin:
             self.__dict__.pop("bias", None)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in (BIAS_SHIFT, INPUT_INV_SCALE):
+        for name in (BIAS_SHIFT, INPUT_INV_SCALE, INPUT_SHIFT):
             key = prefix + name
             if key in state_dict and self._buffers.get(name) is None:
                 device = self._parameters["weight"].device  # not the state dict's (often the CPU)
@@ -125,7 +142,9 @@ def set_input_scale(module: nn.Module, s: torch.Tensor | None) -> None:
     """Divide input channel c of the depthwise conv ``module`` by s[c] (buffer
     ``INPUT_INV_SCALE``, applied before its input quantizer) and multiply the weights of the
     output channels that read it by s[c]: the same FP32 function. A previous scale is undone
-    first; ``s=None`` only undoes it."""
+    first; ``s=None`` only undoes it. A centred input (`set_input_shift`) is uncentred: its
+    shift was computed on the inputs of the old scale."""
+    set_input_shift(module, None)
     w = module._parameters["weight"]
     shape = [-1] + [1] * (w.dim() - 1)
     with torch.no_grad():
@@ -138,6 +157,24 @@ def set_input_scale(module: nn.Module, s: torch.Tensor | None) -> None:
         s = torch.as_tensor(s).to(device=w.device, dtype=w.dtype).reshape(-1)
         w.mul_(s.repeat_interleave(w.shape[0] // s.numel()).reshape(shape))
         module.register_buffer(INPUT_INV_SCALE, (1.0 / s).reshape([-1] + [1] * (w.dim() - 2)))
+
+
+def set_input_shift(module: nn.Module, c: float | None) -> None:
+    """Centre the input of the Conv/Linear ``module`` on ``c`` (buffer ``INPUT_SHIFT``): the
+    layer reads ``x - c`` and adds ``c`` x its weight sums to its bias. The input quantizer keeps
+    its upper clip: its amax ``A`` becomes ``A - c`` (for c = (A + min) / 2: (A - min) / 2). A
+    previous shift is undone first (amax back to ``A``); ``c=None`` only undoes it."""
+    old = module._buffers.pop(INPUT_SHIFT, None)
+    if old is None and c is None:
+        return
+    q = module.input_quantizer
+    if old is not None and q.has_amax:
+        q.set_amax(q.amax.detach() + old.to(q.amax.device))
+    if c is None:
+        return
+    w = module._parameters["weight"]
+    module.register_buffer(INPUT_SHIFT, torch.tensor(float(c), dtype=w.dtype, device=w.device))
+    q.set_amax(q.amax.detach() - float(c))
 
 
 _CLASSES: dict[tuple[type, type], type] = {}
@@ -174,6 +211,7 @@ def unconvert(module: nn.Module) -> None:
         if name in module._modules:
             del module._modules[name]
     module._buffers.pop(BIAS_SHIFT, None)
+    module._buffers.pop(INPUT_SHIFT, None)
     if INPUT_INV_SCALE in module._buffers:
         set_input_scale(module, None)  # the weight back to the one of the plain module
     module.__class__ = base

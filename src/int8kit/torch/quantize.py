@@ -12,7 +12,7 @@ from torch import nn
 
 from int8kit.torch import batchnorm, distributed, recipe, stem
 from int8kit.torch.config import QuantConfig
-from int8kit.torch.modules import QuantAdd, convert, match_rule
+from int8kit.torch.modules import INPUT_SHIFT, QuantAdd, convert, match_rule
 from int8kit.torch.quantizer import MODES, TensorQuantizer
 
 CONFIG_ATTR = "_int8kit_config"
@@ -99,8 +99,10 @@ def calibrate(model: nn.Module, forward_loop: Callable[[nn.Module], object]) -> 
     (`int8kit.torch.stem`, found on the first forward); with ``equalize_depthwise`` the channel
     ranges of the depthwise convs' inputs are collected in the same pass, and a short pass (the
     gate) plus, where a layer is equalized, a full one for its new range follow
-    (`int8kit.torch.dwequalize`); then a shorter run of ``forward_loop`` estimates the gated
-    bias correction (`int8kit.torch.bias`). Returns {quantizer name: amax}."""
+    (`int8kit.torch.dwequalize`); with ``center_one_sided`` the one-sided inputs of Linears
+    and Convs without padding are centred on the calibrated ranges (`int8kit.torch.center`, no
+    extra pass); then a shorter run of ``forward_loop`` estimates the gated bias correction
+    (`int8kit.torch.bias`). Returns {quantizer name: amax}."""
     config = get_config(model) or QuantConfig()
     was_training = model.training
     model.eval()
@@ -139,6 +141,11 @@ def calibrate(model: nn.Module, forward_loop: Callable[[nn.Module], object]) -> 
 
         equalize_depthwise(model, forward_loop, ranges=ranges, reduce=config.distributed)
         amax = {n: float(q.amax) for n, q in quantizers(model) if n in amax}
+    if config.center_one_sided:
+        from int8kit.torch.center import center_one_sided
+
+        center_one_sided(model)
+        amax = {n: float(q.amax) for n, q in quantizers(model) if n in amax}
     if config.bias_correction:
         from int8kit.torch.bias import bias_correct
 
@@ -159,7 +166,8 @@ def quantize(
     (stopped after 48 samples) and for depthwise equalization (the gate, stopped after 32
     samples, and one full pass where a layer is equalized). Without it the model is left in mode
     "calibrate": run it over the data yourself, then call `load_amax` (and
-    `int8kit.torch.dwequalize.equalize_depthwise(model, forward_loop)`, then
+    `int8kit.torch.dwequalize.equalize_depthwise(model, forward_loop)`,
+    `int8kit.torch.center.center_one_sided(model)`, then
     `int8kit.torch.bias_correct(model, forward_loop)`).
     """
     config = config or QuantConfig()
@@ -181,6 +189,8 @@ def load_amax(model: nn.Module) -> dict[str, float]:
     (`int8kit.torch.distributed`), so every rank gets the amax of one process that saw all data.
     """
     stem.unwatch(model)
+    for m in model.modules():  # a shift was chosen on the old ranges (amax is computed afresh)
+        m._buffers.pop(INPUT_SHIFT, None)
     config = get_config(model)
     if distributed.active() and (config is None or config.distributed):
         distributed.reduce_collectors(

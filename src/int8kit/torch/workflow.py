@@ -13,7 +13,7 @@ from torch import nn
 
 from int8kit.errors import ModelError
 from int8kit.fileio import write_json
-from int8kit.torch import bias, distributed, dwequalize, stem
+from int8kit.torch import bias, center, distributed, dwequalize, stem
 from int8kit.torch.config import QuantConfig
 from int8kit.torch.export import export_onnx, output_paths
 from int8kit.torch.qat import finetune, prepare_qat
@@ -66,7 +66,7 @@ def quantize_to_onnx(
     task: str = "auto",
 ) -> dict:
     """Calibrate ``model`` on ``batches()`` (with the config's float stem, depthwise
-    equalization and bias correction);
+    equalization, centred one-sided inputs and bias correction);
     with ``qat_epochs`` fold BN and fine-tune by distillation from the FP32 model over the same
     batches; export. With ``holdout`` (batches kept out of calibration), measure the exported
     Q/DQ model against the FP32 export on them, as `int8kit quantize` does
@@ -93,6 +93,7 @@ def quantize_to_onnx(
         "calibration_samples": getattr(model, SAMPLES_ATTR, 0),
         "input_layers_float": stem.input_layers(model),
         "equalize_depthwise": dwequalize.summary_of(model),
+        "center_one_sided": center.summary_of(model),
         "bias_correction": bias.summary_of(model),
         "quantizers": sum(1 for _ in quantizers(model)),
     }

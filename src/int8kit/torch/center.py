@@ -1,0 +1,114 @@
+"""One-sided inputs of Conv/Linear layers centred before their symmetric int8 scale: the zero
+point TensorRT lacks, folded into the layer's bias.
+
+The ONNX path's algorithm (`int8kit.onnx.center`, where the why is written down) for modules: a
+quantized ``nn.Linear``, or an ``nn.Conv1d/2d/3d`` without padding, whose input quantizer saw a
+one-sided input (calibrated min >= -MAX_NEGATIVE x amax: ReLU, ReLU6, GELU, HardSwish, SiLU
+outputs) reads ``x - c``, c = (amax + min) / 2, and adds c x (the sum of its weights over the
+inputs) to its bias; its input quantizer's amax becomes a = (amax - min) / 2 (about half the
+step, the same upper clip). The same FP32 function; centred only where a <= MAX_RATIO x amax.
+The constants are the ONNX path's.
+
+Here c is a buffer of the module (`modules.set_input_shift`) and the bias term is computed in
+the module's forward from its current weights, so fine-tuning (QAT) and BN folding, which change
+the weights, keep the FP32 function; the bias parameter itself is never touched. The export reads
+Sub(c) -> QuantizeLinear -> DequantizeLinear -> Conv/Gemm with the term folded into the bias
+constant: one scale per activation tensor, a graph TensorRT builds.
+
+Applied after calibration on the calibrated ranges (the collector's min and the method's amax;
+no extra pass of ``forward_loop``), after depthwise equalization and before bias correction, as
+in the ONNX path (`int8kit.torch.calibrate` runs it when ``QuantConfig.center_one_sided``). A
+layer that pads (its zeros would become -c), a ConvTranspose, or a subclass with a forward of its
+own (which may pad: TF "same" convs) keeps its input as it is; the summary names those that read
+a one-sided input. Under torch.distributed the statistics were reduced before (`load_amax`), so
+every rank makes the same choices.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+
+from torch import nn
+
+from int8kit.onnx.center import MAX_NEGATIVE, MAX_RATIO, CenterSummary
+from int8kit.torch.modules import INPUT_SHIFT, QuantWeightMixin, set_input_shift
+
+SUMMARY_ATTR = "_int8kit_center"
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def layer_reason(module: nn.Module) -> str | None:
+    """Why ``module`` cannot read a centred input (None: it can): only a Linear, or a Conv that
+    does not pad, computes layer(x - c) + c x weight sums = layer(x) at every output."""
+    base = getattr(type(module), "_int8kit_base", type(module))
+    if isinstance(module, nn.Linear):
+        if base.forward is not nn.Linear.forward:
+            return "its class has a forward of its own"
+        return None
+    for cls in _CONVS:
+        if isinstance(module, cls):
+            if base.forward is not cls.forward or base._conv_forward is not cls._conv_forward:
+                return "its class has a forward of its own (it may pad)"
+            pad = module.padding
+            if pad == "valid" or (not isinstance(pad, str) and not any(pad)):
+                return None
+            return "it pads (its zeros would become -c)"
+    return f"a {base.__name__} is not a Linear or a Conv without padding"
+
+
+def center_one_sided(model: nn.Module) -> CenterSummary:
+    """Centre the one-sided inputs of the calibrated Conv/Linear layers of ``model`` in place
+    (module docstring). Call it after calibration (`load_amax`) and depthwise equalization, and
+    before `bias_correct`; previous shifts are undone and chosen afresh. The summary is keyed by
+    module name: ``centered`` {name: {shift, amax_before, amax, min}}, ``kept`` {name: why} for
+    the layers with a one-sided input that cannot read it centred."""
+    t0 = time.perf_counter()
+    summary = CenterSummary()
+    for name, m in model.named_modules():
+        if not isinstance(m, QuantWeightMixin):
+            continue
+        set_input_shift(m, None)
+        q = m.input_quantizer
+        stats = q.collector.stats if q.collector is not None else None
+        if not (q.enabled and m.weight_quantizer.enabled and q.has_amax and stats and stats.count):
+            continue
+        amax, lo = float(q.amax.detach()), float(stats.min)
+        if not (math.isfinite(amax) and amax > 0 and math.isfinite(lo)):
+            continue
+        if lo < -MAX_NEGATIVE * amax:
+            continue  # two-sided
+        lo = max(lo, -amax)
+        shift, half = (amax + lo) / 2.0, (amax - lo) / 2.0
+        if half > MAX_RATIO * amax:
+            continue
+        why = layer_reason(m)
+        if why is not None:
+            summary.kept[name] = why
+            continue
+        set_input_shift(m, shift)
+        summary.centered[name] = {
+            "shift": shift,
+            "amax_before": amax,
+            "amax": float(q.amax.detach()),
+            "min": float(stats.min),
+        }
+    object.__setattr__(
+        model, SUMMARY_ATTR, {**asdict(summary), "seconds": time.perf_counter() - t0}
+    )
+    return summary
+
+
+def shifts(model: nn.Module) -> dict[str, float]:
+    """{module name: c} of every centred layer of ``model``."""
+    return {
+        n: float(m._buffers[INPUT_SHIFT])
+        for n, m in model.named_modules()
+        if INPUT_SHIFT in m._buffers
+    }
+
+
+def summary_of(model: nn.Module) -> dict:
+    """The last `center_one_sided` record of ``model`` (empty when it was not run)."""
+    return dict(getattr(model, SUMMARY_ATTR, {}))
