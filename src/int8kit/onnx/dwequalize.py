@@ -113,6 +113,9 @@ def depthwise_groups(model) -> tuple[list[DepthwiseGroup], dict[str, str]]:
 
 HEADROOMS = (1.0, 2.0, 4.0, 8.0, 16.0)  # candidate h: a channel keeps h x its calibrated range
 DEFAULT_GATE_SAMPLES = 32
+# The statistics pass reads this many samples (an FP32 pass of its own, before calibration):
+# 32 estimate the channel ranges and 32 check them, so the scales come from 64 samples.
+DEFAULT_STATS_SAMPLES = 2 * DEFAULT_GATE_SAMPLES
 # A per-channel range is fitted to the calibration samples and clips a channel that reaches
 # further on other images, which a held-out split of the same samples does not show: on the zoo,
 # EfficientNet-Lite0's gains held out were ratios 0.51-0.99 and cost 6 dB on other photos, where
@@ -438,7 +441,7 @@ def gate_split(num_samples: int | None, gate_samples: int) -> int | None:
     (too few samples, or a count not known in advance)."""
     if num_samples is None or gate_samples <= 0:
         return None
-    held = min(gate_samples, num_samples // 4)
+    held = min(gate_samples, num_samples // 2)
     return num_samples - held if held >= MIN_GATE_SAMPLES else None
 
 
@@ -449,6 +452,7 @@ def equalize_depthwise(
     num_samples: int | None = None,
     gate_samples: int = DEFAULT_GATE_SAMPLES,
     headroom: float | None = None,
+    max_samples: int | None = DEFAULT_STATS_SAMPLES,
 ):
     """(equalized copy of ``model``, DepthwiseSummary). ``exclude``: node names of depthwise
     layers to leave alone (those kept float: their input gets no scale to help).
@@ -457,8 +461,10 @@ def equalize_depthwise(
     the depthwise layers' outputs is lowest on the last ``gate_samples`` of the ``num_samples``
     calibration samples, with the channel ranges taken on the samples before them: a channel
     that was narrow on some images can be wide on others, and a per-channel range fitted too
-    closely clips it. ``headroom``: use this h everywhere instead (no gate). The final scales
-    use the ranges of every sample."""
+    closely clips it. ``headroom``: use this h everywhere instead (no gate). The statistics
+    read the first ``max_samples`` samples (None: all): half estimate, half held out; the
+    final scales use the ranges of all of them, and the Q/DQ ranges are calibrated afterwards
+    on every sample."""
     t0 = time.perf_counter()
     summary = DepthwiseSummary()
     groups, skipped = depthwise_groups(model)
@@ -471,6 +477,11 @@ def equalize_depthwise(
     if not groups:
         summary.seconds = time.perf_counter() - t0
         return model, summary
+    if max_samples is not None:
+        from int8kit.onnx.bias import take_samples
+
+        batches = take_samples(batches, max_samples)
+        num_samples = None if num_samples is None else min(num_samples, max_samples)
     estimate = None if headroom is not None else gate_split(num_samples, gate_samples)
     gates = channel_stats(model, groups, batches, estimate, _weight_energy(model, groups))
     summary.gate_samples = 0 if estimate is None else num_samples - estimate
