@@ -119,9 +119,7 @@ def bias_layers(model, placement: Placement) -> tuple[list[BiasLayer], dict[str,
                 skipped[name] = f"MatMul weight of rank {len(w.dims)}"
                 continue
             add = _bias_add_after(graph, node, consumers, inits)
-            layers.append(
-                BiasLayer(name, "MatMul", wq.initializer, wq.axis, x, -1, add, wq.qmax)
-            )
+            layers.append(BiasLayer(name, "MatMul", wq.initializer, wq.axis, x, -1, add, wq.qmax))
         else:
             skipped[name] = f"{node.op_type} is not corrected"
     return layers, skipped
@@ -360,13 +358,16 @@ def correct_biases(
     placement: Placement,
     means: dict[str, np.ndarray],
     quantized_means: dict[str, np.ndarray] | None = None,
+    shifts: dict[str, np.ndarray] | None = None,
 ):
     """Return (a copy of ``model`` with corrected float biases, BiasSummary).
 
     ``means``: per-channel FP32 mean of each layer's input (``input_means`` of the FP32 model).
     ``quantized_means``: the same measured in the Q/DQ model; when given, the shift also cancels
     the mean error of activation quantization and of the layers before. Weights are rounded
-    exactly as ``insert_qdq`` rounds them; call it afterwards with the same placement."""
+    exactly as ``insert_qdq`` rounds them; call it afterwards with the same placement.
+    ``shifts``: {node: E[W x] - E[Wq x_q]} already computed from these means (bias_safe's
+    ``layer_shifts``), used as they are instead of rounding the weight again."""
     onnx = require("onnx", "bias correction")
     from onnx import helper, numpy_helper
 
@@ -377,26 +378,28 @@ def correct_biases(
     summary = BiasSummary(skipped=dict(skipped))
     inits = {i.name: i for i in graph.initializer}
     nodes = {n.name: n for n in graph.node}
-    shifts = []
+    abs_shifts = []
     new_nodes: dict[str, object] = {}  # MatMul name -> Add inserted after it
     for layer in layers:
         m = means.get(layer.input)
         if m is None:
             summary.skipped[layer.node] = f"no mean for input {layer.input}"
             continue
-        m = np.asarray(m, np.float64)
-        mq = np.asarray(quantized_means.get(layer.input, m) if quantized_means else m, np.float64)
         node = nodes[layer.node]
         attrs = _attrs(node)
-        w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
-        wq = dequantized_weight(w, layer.weight_axis, qmax=layer.weight_qmax)
-        try:
-            delta = _expected(layer, w.astype(np.float64), m, attrs) - _expected(
-                layer, wq.astype(np.float64), mq, attrs
-            )
-        except ValueError as exc:
-            summary.skipped[layer.node] = str(exc)
-            continue
+        delta = shifts.get(layer.node) if shifts else None
+        if delta is None:
+            m = np.asarray(m, np.float64)
+            mq = quantized_means.get(layer.input, m) if quantized_means else m
+            w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
+            wq = dequantized_weight(w, layer.weight_axis, qmax=layer.weight_qmax)
+            try:
+                delta = _expected(layer, w.astype(np.float64), m, attrs) - _expected(
+                    layer, wq.astype(np.float64), np.asarray(mq, np.float64), attrs
+                )
+            except ValueError as exc:
+                summary.skipped[layer.node] = str(exc)
+                continue
         if layer.op_type == "Gemm":
             beta = float(attrs.get("beta", 1.0))
             delta = delta / beta
@@ -438,7 +441,7 @@ def correct_biases(
             summary.bias_added.append(layer.node)
         bias = (old.reshape(-1) if old.size else np.float32(0)) + delta.astype(np.float32)
         graph.initializer.append(numpy_helper.from_array(bias.astype(np.float32), name))
-        shifts.append(np.abs(delta))
+        abs_shifts.append(np.abs(delta))
         summary.corrected.append(layer.node)
     if new_nodes:
         ordered = []
@@ -449,7 +452,7 @@ def correct_biases(
         del graph.node[:]
         graph.node.extend(ordered)
     drop_unused_initializers(graph)
-    summary.mean_abs_shift = float(np.concatenate(shifts).mean()) if shifts else 0.0
+    summary.mean_abs_shift = float(np.concatenate(abs_shifts).mean()) if abs_shifts else 0.0
     return out, summary
 
 

@@ -76,24 +76,36 @@ def layer_shifts(
     model, layers: list[BiasLayer], means: dict, quantized: dict
 ) -> dict[str, np.ndarray]:
     """{node: delta} = E[W x] - E[Wq x_q] per output channel (the shift bias.py adds)."""
+    return layer_shifts_parts(model, layers, [(means, quantized)])[0]
+
+
+def layer_shifts_parts(
+    model, layers: list[BiasLayer], parts: list[tuple[dict, dict]]
+) -> list[dict[str, np.ndarray]]:
+    """``layer_shifts`` of each (means, quantized) in ``parts`` (e.g. estimate and held-out
+    samples), each layer's weight read and rounded once for all of them."""
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
-    out = {}
+    out: list[dict[str, np.ndarray]] = [{} for _ in parts]
     for layer in layers:
-        m, mq = means.get(layer.input), quantized.get(layer.input)
-        if m is None or mq is None:
+        wanted = []
+        for k, (means, quantized) in enumerate(parts):
+            m, mq = means.get(layer.input), quantized.get(layer.input)
+            if m is not None and mq is not None:
+                wanted.append((k, m, mq))
+        if not wanted:
             continue
         w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
         wq = dequantized_weight(w, layer.weight_axis, qmax=layer.weight_qmax).astype(np.float64)
+        w = w.astype(np.float64)
         attrs = _attrs(nodes[layer.node])
-        try:
-            out[layer.node] = _expected(layer, w.astype(np.float64), m, attrs) - _expected(
-                layer, wq, mq, attrs
-            )
-        except ValueError:
-            continue
+        for k, m, mq in wanted:
+            try:
+                out[k][layer.node] = _expected(layer, w, m, attrs) - _expected(layer, wq, mq, attrs)
+            except ValueError:
+                continue
     return out
 
 
@@ -159,10 +171,11 @@ def safe_bias_correct(
             summary.passes += 1
         else:
             quantized = [p[1] if p[1] is not None else p[0] for p in parts]
-        est = layer_shifts(model, group, fp32[0], quantized[0])
+        pairs = list(zip(fp32, quantized, strict=True))[: 2 if gated else 1]
+        est, *held = layer_shifts_parts(model, group, pairs)
         keep = set(est)
         if gated:
-            held = layer_shifts(model, group, fp32[1], quantized[1])
+            held = held[0]
             for node, ratio in gate(est, held).items():
                 d_b = held[node]
                 if ratio < 1.0:
@@ -176,7 +189,10 @@ def safe_bias_correct(
         means = {layer.input: fp32[0][layer.input] for layer in group if layer.node in keep}
         qmeans = {layer.input: quantized[0][layer.input] for layer in group if layer.node in keep}
         # correct_biases matches means by input name: pass only this group's kept layers.
-        current, part = correct_biases(current, _only(placement, keep), means, qmeans)
+        # ... and the shifts just estimated (the same arithmetic: no weight rounded again).
+        current, part = correct_biases(
+            current, _only(placement, keep), means, qmeans, shifts={n: est[n] for n in keep}
+        )
         kept += part.corrected
         summary.bias_added += part.bias_added
         shifts += [np.abs(est[n]) for n in part.corrected]
