@@ -1,5 +1,7 @@
 """Bias correction that cannot hurt: the held-out gate and the empirical statistics."""
 
+from dataclasses import replace
+
 import models
 import numpy as np
 import pytest
@@ -7,9 +9,15 @@ from onnx import helper, numpy_helper
 from test_bias import channel_error, conv_model, data, run, weights_only
 
 from int8kit.onnx.bias import bias_layers, correct_biases, input_means
-from int8kit.onnx.bias_safe import gate, layer_shifts, safe_bias_correct, split_sizes
+from int8kit.onnx.bias_safe import (
+    gate,
+    layer_shifts,
+    layer_shifts_parts,
+    safe_bias_correct,
+    split_sizes,
+)
 from int8kit.onnx.placement import plan
-from int8kit.onnx.qdq import insert_qdq
+from int8kit.onnx.qdq import dequantized_weight, insert_qdq
 
 
 def shifts(m, p, x, amax=None):
@@ -131,3 +139,68 @@ def test_unknown_statistics_are_refused():
     m = conv_model()
     with pytest.raises(ValueError, match="local"):
         safe_bias_correct(m, plan(m), [], {}, stats="global")
+
+
+def test_shifts_of_several_sample_sets_are_each_sets_own():
+    """Estimate and held-out shifts from one call (each weight rounded once) are
+    E[W x] - E[Wq x_q] of their own means; for a 1x1 Conv that is W @ m - Wq @ mq exactly."""
+    m = pointwise_conv()
+    p = plan(m)
+    layers, _ = bias_layers(m, p)
+    amax = {"x": 2.5}
+    w = numpy_helper.to_array(m.graph.initializer[0]).astype(np.float64)[:, :, 0, 0]
+    wq = dequantized_weight(w.astype(np.float32), 0).astype(np.float64)
+    parts = []
+    for seed, scale in ((1, 1.0), (2, -0.6)):
+        x = [{"x": data((8, 4, 8, 8), seed=seed) * np.float32(scale)}]
+        parts.append((input_means(m, layers, x), input_means(m, layers, x, amax=amax)))
+    got = layer_shifts_parts(m, layers, parts)
+    assert [list(g) for g in got] == [["conv"], ["conv"]]
+    for (means, quantized), g in zip(parts, got, strict=True):
+        np.testing.assert_allclose(
+            g["conv"], w @ means["x"] - wq @ quantized["x"], rtol=1e-12, atol=1e-12
+        )
+    assert not np.allclose(got[0]["conv"], got[1]["conv"])
+    # a set that lacks a layer's means has no shift for it; the others still do
+    missing = layer_shifts_parts(m, layers, [parts[0], ({}, {})])
+    assert list(missing[0]) == ["conv"] and missing[1] == {}
+
+
+def test_correct_biases_adds_the_shifts_it_is_given_as_they_are():
+    """Given layer_shifts' own shifts, correct_biases writes the very same model as when it
+    computes them; given other shifts, the bias moves by exactly the difference."""
+    m = pointwise_conv()
+    p = plan(m)
+    layers, _ = bias_layers(m, p)
+    x = [{"x": data((8, 4, 8, 8), seed=3)}]
+    means, quantized = input_means(m, layers, x), input_means(m, layers, x, amax={"x": 2.5})
+    d = layer_shifts(m, layers, means, quantized)
+    computed, _ = correct_biases(m, p, means, quantized)
+    given, summary = correct_biases(m, p, means, quantized, shifts=d)
+    assert given.SerializeToString() == computed.SerializeToString()
+    assert summary.corrected == ["conv"]
+    moved, _ = correct_biases(m, p, means, quantized, shifts={"conv": d["conv"] + 0.25})
+
+    def bias(model):
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        return inits["conv_bias_corrected"]
+
+    np.testing.assert_allclose(bias(moved) - bias(given), 0.25, rtol=1e-6)
+
+
+def test_gated_correction_writes_what_correct_biases_writes_for_the_kept_layers():
+    """safe_bias_correct (estimate + held-out in one pass) gives the bytes correct_biases
+    gives from the estimate samples' means for the layers the gate keeps."""
+    m = chain()
+    p = plan(m)
+    amax = {"x": 2.0, "r1": 1.0}
+    xa, xb = data((8, 4, 8, 8), seed=7), data((8, 4, 8, 8), seed=8)
+    out, summary = safe_bias_correct(m, p, [{"x": xa}, {"x": xb}], amax, 8, 8)
+    assert summary.gate_samples == 8 and summary.corrected
+    layers, _ = bias_layers(m, p)
+    kept = [layer for layer in layers if layer.node in summary.corrected]
+    means = input_means(m, kept, [{"x": xa}])
+    quantized = input_means(m, kept, [{"x": xa}], amax=amax)
+    sub = replace(p, weights={k: v for k, v in p.weights.items() if k[0] in summary.corrected})
+    ref, _ = correct_biases(m, sub, means, quantized)
+    assert out.SerializeToString() == ref.SerializeToString()

@@ -69,3 +69,31 @@ def test_large_model_is_saved_with_external_data(tmp_path, monkeypatch):
 def test_input_specs_skip_initializers_and_keep_dynamic_dims():
     specs = model_io.input_specs(models.conv_bn_relu_chain())
     assert [(s.name, s.shape, s.dtype) for s in specs] == [("x", ("N", 3, 8, 8), "float32")]
+
+
+def test_saved_bytes_are_what_onnx_writes(tmp_path):
+    m = models.conv_bn_relu_chain()
+    model_io.save_model(m, tmp_path / "ours.onnx")
+    onnx.save_model(m, tmp_path / "onnx.onnx")
+    assert (tmp_path / "ours.onnx").read_bytes() == (tmp_path / "onnx.onnx").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx.onnx", "ours.onnx"]
+
+
+def test_unused_initializers_are_dropped_and_the_rest_keep_their_order():
+    m = models.conv_bn_relu_chain()
+    g = m.graph
+    used = [i.name for i in g.initializer]
+    mixed = []
+    for k, init in enumerate(g.initializer):
+        mixed.append(init)
+        if k % 3 == 0:  # an unused one after every third
+            mixed.append(numpy_helper.from_array(np.full(4, k, np.float32), f"unused{k}"))
+    del g.initializer[:]
+    g.initializer.extend(mixed)
+    g.input.append(onnx.helper.make_tensor_value_info("unused3", onnx.TensorProto.FLOAT, [4]))
+    expected = models.conv_bn_relu_chain()
+    assert model_io.drop_unused_initializers(g) == {"unused0", "unused3", "unused6"}
+    assert [i.name for i in g.initializer] == used
+    assert [i.name for i in g.input] == ["x"]
+    assert m.SerializeToString() == expected.SerializeToString()
+    assert model_io.drop_unused_initializers(g) == set()
