@@ -74,9 +74,12 @@ def test_input_specs_skip_initializers_and_keep_dynamic_dims():
 def test_saved_bytes_are_what_onnx_writes(tmp_path):
     m = models.conv_bn_relu_chain()
     model_io.save_model(m, tmp_path / "ours.onnx")
+    model_io.save_model(m, tmp_path / "given.onnx", data=m.SerializeToString())  # the caller's
     onnx.save_model(m, tmp_path / "onnx.onnx")
-    assert (tmp_path / "ours.onnx").read_bytes() == (tmp_path / "onnx.onnx").read_bytes()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx.onnx", "ours.onnx"]
+    expected = (tmp_path / "onnx.onnx").read_bytes()
+    assert (tmp_path / "ours.onnx").read_bytes() == expected
+    assert (tmp_path / "given.onnx").read_bytes() == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["given.onnx", "onnx.onnx", "ours.onnx"]
 
 
 def test_unused_initializers_are_dropped_and_the_rest_keep_their_order():

@@ -62,17 +62,19 @@ def load_model(path: str | os.PathLike, load_weights: bool = True):
     return model
 
 
-def save_model(model, path: str | os.PathLike) -> None:
+def save_model(model, path: str | os.PathLike, data: bytes | None = None) -> None:
     """Write ``model`` to ``path`` atomically; weights go to ``<name>.data`` beside it when the
     model is too large for one protobuf (2 GB). The temporary folder is removed on any exception
     (Ctrl-C and SIGTERM included). The model is serialized once: its bytes are both the size
-    test and what is written (upb's ByteSize() serializes too: ~0.1 s more on a 90 MB model)."""
+    test and what is written (upb's ByteSize() serializes too: ~0.1 s more on a 90 MB model).
+    ``data``: ``model``'s bytes where the caller has them already (``observe.serialized``)."""
     from int8kit.onnx.observe import serialized
 
     onnx = require("onnx", "ONNX models")
     path = Path(path)
     output_folder(path.parent)
-    data = serialized(model)  # None: past 2 GB, or it may be (then ByteSize decides)
+    if data is None:
+        data = serialized(model)  # None: past 2 GB, or it may be (then ByteSize decides)
     large = (model.ByteSize() if data is None else len(data)) > _PROTOBUF_LIMIT
     # its bytes are what onnx.save_model writes for a model with no tensor to write elsewhere
     what = model if large or data is None or _writes_external(model) else data
