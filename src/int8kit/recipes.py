@@ -34,7 +34,7 @@ DEFAULTS: dict[str, Recipe] = {
     # one, for every k) beats the best TensorRT-deployable peer on all 8 left-out models and every
     # peer on 7 (MiniLM: NNCF's transformer preset with zero points, 0.977 vs 0.953).
     # Depthwise equalization is gated per activation on held-out calibration samples: it acts on
-    # PP-LCNet (top-1 agreement 0.68 -> 0.97) and RetinaFace (box SQNR 13 -> 18 dB) and leaves
+    # PP-LCNet (top-1 agreement 0.68 -> 0.95-0.97) and RetinaFace (box SQNR 13 -> 18 dB) and leaves
     # EfficientNet-Lite0 and the nets without depthwise convs alone. Centring gives the 1x1 convs
     # and projections that read ReLU/GELU/HardSwish outputs half the int8 step (YOLOv8n AP 0.960
     # -> 0.972, ViT-S IoU 0.742 -> 0.761, MiniLM 0.938 -> 0.953). A transformer row of its own
