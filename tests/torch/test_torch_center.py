@@ -128,7 +128,7 @@ def test_the_pointwise_conv_is_centred_and_the_padding_ones_are_not():
     assert list(summary["centered"]) == ["pw"]
     assert summary["kept"] == {
         "c3": "it pads (its zeros would become -c)",
-        "same": "its class has a forward of its own (it may pad)",
+        "same": "its class has a forward of its own that pads (or changes) a constant input",
     }  # "pre" reads a two-sided input: not a candidate at all
     amax = float(plain.pw.input_quantizer.amax)  # ReLU: min 0, so c = amax / 2 = a
     rec = summary["centered"]["pw"]
@@ -145,6 +145,50 @@ def test_the_pointwise_conv_is_centred_and_the_padding_ones_are_not():
     lo = float(m.pre.input_quantizer.collector.stats.min)
     assert lo < -MAX_NEGATIVE * float(m.pre.input_quantizer.amax)
     assert center.summary_of(plain) == {}
+
+
+class StaticSame(nn.Conv2d):
+    """EfficientNet-PyTorch's Conv2dStaticSamePadding: a fixed zero pad (left, right, top,
+    bottom) in a forward of its own, and padding=0."""
+
+    def __init__(self, cin, cout, k, stride=1, pad=(0, 0, 0, 0)):
+        super().__init__(cin, cout, k, stride)
+        self.static_padding = nn.ZeroPad2d(pad) if any(pad) else nn.Identity()
+
+    def forward(self, x):
+        return F.conv2d(self.static_padding(x), self.weight, self.bias, self.stride)
+
+
+@pytest.mark.parametrize(
+    "layer, centred",
+    [
+        (StaticSame(6, 4, 1), True),  # a 1x1 "same" conv pads nothing
+        # stride 2, pad (0, 1): only an even input size reads the pad; 8x8 does
+        (StaticSame(6, 4, 3, stride=2, pad=(0, 1, 0, 1)), False),
+        (nn.Conv2d(6, 4, 3, padding=1, padding_mode="replicate"), True),  # c stays c
+        (nn.Conv2d(6, 4, 3, padding="same"), False),
+    ],
+)
+def test_a_layer_is_centred_where_a_constant_input_gives_the_weight_sums(layer, centred):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+            self.layer = layer
+
+        def forward(self, x):
+            return self.layer(torch.relu(self.c1(x)))
+
+    fp32 = Net().eval()
+    d = data()
+    m = quantized(copy.deepcopy(fp32), d, center_one_sided=True)
+    summary = center.summary_of(m)
+    assert ("layer" in summary["centered"]) is centred
+    assert ("layer" in summary["kept"]) is not centred
+    iq.set_mode(m, "off")
+    with torch.no_grad():
+        torch.testing.assert_close(m(d[0]), fp32(d[0]), rtol=1e-5, atol=1e-5)
 
 
 def test_the_int8_error_of_a_relu_block_drops_with_the_halved_step():

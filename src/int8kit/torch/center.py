@@ -2,7 +2,7 @@
 point TensorRT lacks, folded into the layer's bias.
 
 The ONNX path's algorithm (`int8kit.onnx.center`, where the why is written down) for modules: a
-quantized ``nn.Linear``, or an ``nn.Conv1d/2d/3d`` without padding, whose input quantizer saw a
+quantized ``nn.Linear``, or an ``nn.Conv1d/2d/3d`` that does not pad, whose input quantizer saw a
 one-sided input (calibrated min >= -MAX_NEGATIVE x amax: ReLU, ReLU6, GELU, HardSwish, SiLU
 outputs) reads ``x - c``, c = (amax + min) / 2, and adds c x (the sum of its weights over the
 inputs) to its bias; its input quantizer's amax becomes a = (amax - min) / 2 (about half the
@@ -18,10 +18,11 @@ constant: one scale per activation tensor, a graph TensorRT builds.
 Applied after calibration on the calibrated ranges (the collector's min and the method's amax;
 no extra pass of ``forward_loop``), after depthwise equalization and before bias correction, as
 in the ONNX path (`int8kit.torch.calibrate` runs it when ``QuantConfig.center_one_sided``). A
-layer that pads (its zeros would become -c), a ConvTranspose, or a subclass with a forward of its
-own (which may pad: TF "same" convs) keeps its input as it is; the summary names those that read
-a one-sided input. Under torch.distributed the statistics were reduced before (`load_amax`), so
-every rank makes the same choices.
+layer that pads with zeros (they would become -c) or a ConvTranspose keeps its input as it is;
+a subclass with a forward of its own (TF "same" convs like EfficientNet's, which pad only where
+the kernel needs it) is probed (`layer_reason`). The summary names the layers that read a
+one-sided input and keep it. Under torch.distributed the statistics were reduced before
+(`load_amax`), so every rank makes the same choices.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import math
 import time
 from dataclasses import asdict
 
+import torch
 from torch import nn
 
 from int8kit.onnx.center import MAX_NEGATIVE, MAX_RATIO, CenterSummary
@@ -40,22 +42,55 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def layer_reason(module: nn.Module) -> str | None:
-    """Why ``module`` cannot read a centred input (None: it can): only a Linear, or a Conv that
-    does not pad, computes layer(x - c) + c x weight sums = layer(x) at every output."""
+    """Why ``module`` cannot read a centred input (None: it can). Centring is exact where
+    layer(x - c) + c x weight sums = layer(x) at every output: a Linear, or a Conv whose padding
+    (if any) keeps a constant input constant. A subclass with a forward of its own (TF "same"
+    convs, weight standardization) is probed: its FP32 output for an input of ones minus its
+    output for zeros must be the weight sums at every position."""
     base = getattr(type(module), "_int8kit_base", type(module))
     if isinstance(module, nn.Linear):
-        if base.forward is not nn.Linear.forward:
-            return "its class has a forward of its own"
-        return None
+        own = base.forward is not nn.Linear.forward
+        return _probe(module, base, (1, module.in_features)) if own else None
     for cls in _CONVS:
         if isinstance(module, cls):
             if base.forward is not cls.forward or base._conv_forward is not cls._conv_forward:
-                return "its class has a forward of its own (it may pad)"
+                for shape in _probe_shapes(module):
+                    why = _probe(module, base, shape)
+                    if why is not None:
+                        return why
+                return None
             pad = module.padding
             if pad == "valid" or (not isinstance(pad, str) and not any(pad)):
                 return None
+            if module.padding_mode != "zeros":  # reflect / replicate / circular: c stays c
+                return None
             return "it pads (its zeros would become -c)"
     return f"a {base.__name__} is not a Linear or a Conv without padding"
+
+
+def _probe_shapes(module: nn.Module) -> list[tuple[int, ...]]:
+    """Inputs with border and interior outputs in every spatial dimension, of every size modulo
+    the stride: a static "same" pad on the far side is read only for some sizes (an odd size
+    with stride 2 skips it), so each residue is tried."""
+    k, d, s = module.kernel_size, module.dilation, module.stride
+    base = [(k[i] - 1) * d[i] + 1 + 2 * s[i] for i in range(len(k))]
+    return [(1, module.in_channels, *(b + j for b in base)) for j in range(max(s))]
+
+
+def _probe(module: nn.Module, base: type, shape: tuple[int, ...]) -> str | None:
+    w = module._parameters["weight"]
+    x = torch.zeros(shape, dtype=w.dtype, device=w.device)
+    try:
+        with torch.no_grad():
+            step = base.forward(module, x + 1) - base.forward(module, x)
+    except Exception as exc:  # a forward that wants other inputs: left as it is
+        return f"its class has a forward of its own ({type(exc).__name__} on a probe input)"
+    sums = w.detach().flatten(1).sum(1)
+    want = sums.reshape([-1] + [1] * (step.dim() - 2)) if step.dim() > 2 else sums
+    tol = 1e-4 * float(w.detach().abs().flatten(1).sum(1).max()) + 1e-6
+    if step.shape[1:2] != sums.shape or float((step - want).abs().max()) > tol:
+        return "its class has a forward of its own that pads (or changes) a constant input"
+    return None
 
 
 def center_one_sided(model: nn.Module) -> CenterSummary:

@@ -123,14 +123,14 @@ def _fold_constants(model, scopes: list[str], opset: int) -> int:
     from onnx.reference import ReferenceEvaluator
 
     graph = model.graph
-    prefixes = tuple("/" + s.replace(".", "/") + "/" if s else "/" for s in scopes)
+    scopes = set(scopes)
     const = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     keep, folded, read = [], [], set()
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             const[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
         elif (
-            node.name.startswith(prefixes)
+            _scope(node) in scopes
             and node.op_type not in ("QuantizeLinear", "DequantizeLinear")
             and node.input
             and all(i in const for i in node.input if i)
@@ -156,15 +156,18 @@ def _fold_constants(model, scopes: list[str], opset: int) -> int:
     return len(folded)
 
 
+def _scope(node) -> str:
+    """The name of the module whose forward made ``node``: TorchScript export names nodes
+    "/<module path with />/<Op>[_k]"."""
+    return node.name.rsplit("/", 1)[0].strip("/").replace("/", ".")
+
+
 def _quantizer_tensor_names(onnx_model) -> dict[str, str]:
     """{quantizer module name: name of the tensor its QuantizeLinear reads}, from node scopes."""
     names = {}
     for node in onnx_model.graph.node:
-        if node.op_type != "QuantizeLinear":
-            continue
-        # TorchScript export names nodes "/<module path with />/<Op>[_k]".
-        scope = node.name.rsplit("/", 1)[0].strip("/").replace("/", ".")
-        names[scope] = node.input[0]
+        if node.op_type == "QuantizeLinear":
+            names[_scope(node)] = node.input[0]
     return names
 
 
