@@ -1,5 +1,6 @@
 """The default recipe's whole quantize call, old code vs new, beside ONNX Runtime's quantize_static
-(MinMax) and one plain FP32 pass (issues 10 and 11: faster than ORT MinMax, <= 3x one FP32 pass).
+(MinMax) and one plain FP32 pass (issues 10 and 11: faster than ORT MinMax, <= 3x one FP32 pass),
+with the bias correction's share of each call.
 
     .venv/bin/python benchmarks/fixed_cost.py [--models pplcnet minilm retinaface] [--runs 5]
                                               [--old COMMIT] [--new COMMIT]
@@ -74,6 +75,7 @@ def measure(name: str, runs: int, old_src: Path, new_src: Path) -> dict:
     }
     seconds = {k: [] for k in calls}
     floor = {"old": [], "new": []}
+    bias = {"old": [], "new": []}  # the bias correction inside the call
     identical = []
     order = list(calls)
     for r in range(runs):
@@ -82,6 +84,7 @@ def measure(name: str, runs: int, old_src: Path, new_src: Path) -> dict:
             seconds[k].append(res["quantize_s"])
             if k in floor:
                 floor[k].append(res["floor_s"])
+                bias[k].append(res["bias_correction_s"])
                 where = Path(res["int8kit"]).resolve()
                 expected = old_src if k == "old" else new_src
                 assert where.is_relative_to(expected), f"{k} ran {where}"
@@ -96,8 +99,10 @@ def measure(name: str, runs: int, old_src: Path, new_src: Path) -> dict:
         "runs": runs,
         "seconds": seconds,
         "fp32_pass_s": floor,
+        "bias_correction_s": bias,
         "identical_outputs": identical,
         "median_s": med,
+        "median_bias_correction_s": {k: statistics.median(v) for k, v in bias.items()},
         "new_over_old": med["new"] / med["old"],
     }
     for k in ("old", "new"):
@@ -170,14 +175,16 @@ def main(argv=None) -> int:
     save_json(RESULTS / "fixed_cost.json", doc)
     print(
         f"\n{'model':<12}{'old s':>8}{'new s':>8}{'ORT s':>8}{'new/old':>9}"
-        f"{'ORT/old':>9}{'ORT/new':>9}{'old/FP32':>10}{'new/FP32':>10}  identical"
+        f"{'ORT/old':>9}{'ORT/new':>9}{'old/FP32':>10}{'new/FP32':>10}{'bc old':>8}{'bc new':>8}"
+        "  identical"
     )
     for name, r in results.items():
         m = r["median_s"]
         print(
             f"{name:<12}{m['old']:>8.2f}{m['new']:>8.2f}{m['ort']:>8.2f}{r['new_over_old']:>9.2f}"
             f"{r['old_speedup_vs_ort_minmax']:>9.2f}{r['new_speedup_vs_ort_minmax']:>9.2f}"
-            f"{r['old_over_fp32_pass']:>10.1f}{r['new_over_fp32_pass']:>10.1f}  "
+            f"{r['old_over_fp32_pass']:>10.1f}{r['new_over_fp32_pass']:>10.1f}"
+            f"{r['median_bias_correction_s']['old']:>8.2f}{r['median_bias_correction_s']['new']:>8.2f}  "
             f"{all(r['identical_outputs'])}"
         )
     print(f"\nwrote {relative(RESULTS / 'fixed_cost.json')}")
