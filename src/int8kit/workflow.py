@@ -565,8 +565,7 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
 
             qdq_model, fp16 = convert_to_fp16(qdq_model, keep_io_types=config.keep_io_types)
             result.fp16 = asdict(fp16)
-        _check(qdq_model)
-        save_model(qdq_model, config.output)
+        save_model(qdq_model, config.output, data=_check(qdq_model))
         result.outputs["qdq_onnx"] = Path(config.output)
     if cache_wanted:
         cache = ranges.to_cache(calib.cache_version, calib.cache_algorithm)
@@ -740,7 +739,8 @@ def fidelity(
     return compare_models(fp32, open_sessions(int8_model, backends), batches, task=task)
 
 
-def _check(model) -> None:
+def _check(model) -> bytes | None:
+    """onnx.checker on ``model``; returns its serialized bytes (None past 2 GB) for writing."""
     from int8kit._deps import require
     from int8kit.onnx.observe import serialized
 
@@ -753,3 +753,4 @@ def _check(model) -> None:
         raise ModelError(
             f"the Q/DQ model failed onnx.checker ({exc}); please report this with the model"
         ) from exc
+    return data

@@ -262,4 +262,6 @@ def add_channel_sums(
             np.divide(block, np.float32(scale), out=q)
             np.clip(q, lo, hi, out=q)
             np.rint(q, out=q)
-            qsums += q.sum(axis=(0, 2), dtype=np.float64)
+            # integers: a float32 sum is exact while every partial sum stays below 2**24
+            exact = q.shape[0] * q.shape[2] * max(abs(lo), abs(hi)) < 2**24
+            qsums += q.sum(axis=(0, 2), dtype=np.float32 if exact else np.float64)

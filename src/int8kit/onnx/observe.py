@@ -104,6 +104,9 @@ def make_session(
     ort = require("onnxruntime", "running ONNX models")
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    # Idle worker threads wait instead of spinning: the caller's histograms and sums run on the
+    # other core meanwhile (2 cores: RetinaFace's calibration 2.18 -> 1.84 s, same results).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         so.intra_op_num_threads = threads
     if not optimize:
