@@ -145,6 +145,7 @@ def _channel_max(v: np.ndarray) -> np.ndarray:
 
 
 ERROR_POSITIONS = 1024  # spatial positions per sample and channel the held-out error reads
+DEFER_VALUES = 1 << 23  # deferred held-out values (32 MB) scored at once
 
 
 def _positions(x: np.ndarray) -> np.ndarray:
@@ -174,6 +175,8 @@ class Gate:
     amax: np.ndarray | None = None  # estimation samples
     amax_all: np.ndarray | None = None  # every sample
     errors: dict | None = None  # candidate -> summed weighted error
+    _held: list = field(default_factory=list)  # deferred held-out positions, (C, P) each
+    _held_values: int = 0
 
     def candidates(self) -> dict:
         cands = {"none": np.ones_like(self.amax)}
@@ -184,13 +187,32 @@ class Gate:
     def add_estimate(self, m: np.ndarray) -> None:
         self.amax = m.copy() if self.amax is None else np.maximum(self.amax, m)
 
-    def add_held_out(self, v: np.ndarray) -> None:
+    def add_held_out(self, v: np.ndarray, defer: bool = False) -> None:
+        """Add held-out samples ``v`` (N, C, ...) to each candidate's error. ``defer``: keep
+        their strided positions and score them in ``flush`` (one NumPy call per candidate for
+        many small samples instead of one per sample); scored at latest by DEFER_VALUES."""
+        if defer:
+            x = _positions(v)
+            self._held.append(np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(x.shape[1], -1))
+            self._held_values += x.size
+            if self._held_values >= DEFER_VALUES:
+                self.flush()
+            return
+        self._score(_positions(v))
+
+    def flush(self) -> None:
+        """Score the deferred held-out samples."""
+        if self._held:
+            x = np.concatenate(self._held, axis=1)[None]
+            self._held, self._held_values = [], 0
+            self._score(x)
+
+    def _score(self, x: np.ndarray) -> None:
         top = float(self.amax.max())
         if self.errors is None:
             self.errors = {}
         if top <= 0 or not np.isfinite(top):
             return
-        x = _positions(v)
         base = _channel_sq_error(x, np.ones(x.shape[1], np.float32), top)
         for key, s in self.candidates().items():
             per_channel = base.copy()
@@ -232,8 +254,10 @@ def channel_stats(model, groups: list[DepthwiseGroup], batches, estimate: int | 
                 gate.add_estimate(m if len(tail) == 0 else _channel_max(head))
             gate.amax_all = m if gate.amax_all is None else np.maximum(gate.amax_all, m)
             if len(tail) and gate.amax is not None:
-                gate.add_held_out(tail)
+                gate.add_held_out(tail, defer=True)
         seen += n
+    for gate in gates.values():
+        gate.flush()
     return gates
 
 
