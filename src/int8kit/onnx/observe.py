@@ -63,7 +63,9 @@ def activation_tensors(model) -> list[str]:
 
 
 def expose(model, names: list[str]):
-    """A copy of ``model`` whose graph outputs are ``names`` (in that order)."""
+    """A copy of ``model`` whose graph outputs are ``names`` (in that order), without the nodes
+    none of them depends on: ONNX Runtime runs every node of a graph, needed or not (RetinaFace
+    exposing its depthwise inputs only: 253 nodes -> 50, the pass 2x faster)."""
     onnx = require("onnx")
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -71,7 +73,37 @@ def expose(model, names: list[str]):
     del out.graph.output[:]
     for name in names:
         out.graph.output.append(existing.get(name) or onnx.ValueInfoProto(name=name))
+    needed = _ancestor_nodes(out.graph, names)
+    if len(needed) < len(out.graph.node):
+        kept = [n for i, n in enumerate(out.graph.node) if i in needed]
+        del out.graph.node[:]
+        out.graph.node.extend(kept)
     return out
+
+
+def _reads(node) -> set[str]:
+    """Every tensor ``node`` reads, including those its subgraphs (If/Loop/Scan) read from the
+    enclosing graph."""
+    names = {i for i in node.input if i}
+    for a in node.attribute:
+        for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            for n in g.node:
+                names |= _reads(n)
+    return names
+
+
+def _ancestor_nodes(graph, names: list[str]) -> set[int]:
+    """Indices of the nodes that ``names`` depend on."""
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+    needed: set[int] = set()
+    todo = [producer[n] for n in names if n in producer]
+    while todo:
+        i = todo.pop()
+        if i in needed:
+            continue
+        needed.add(i)
+        todo.extend(producer[t] for t in _reads(graph.node[i]) if t in producer)
+    return needed
 
 
 # bytes per element of the ONNX tensor types (others: 8, an upper bound)
