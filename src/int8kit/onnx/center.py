@@ -16,7 +16,9 @@ pointwise op TensorRT runs with the producer's activation.
 Applied after calibration, on the calibrated ranges (no second pass): ``center(model, placement,
 ranges)`` returns the rewritten model, placement (the centred tensor's readers moved to X') and
 ranges (X' added, method ``<method>+centered``). A layer that pads (a 3x3 Conv: its zeros would
-become -c) keeps reading X with the old scale.
+become -c) keeps reading X with the old scale; a Conv behind an explicit zero Pad (TF-style "same"
+exports) reads the Pad's output, so the Sub lands after the Pad and the padded zeros are shifted
+with everything else: exact, though TensorRT can then no longer fold that Pad into the conv.
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ class _Rewrite:
         return out
 
 
-def center(model, placement, ranges, target_ok: bool = True):
+def center(model, placement, ranges):
     """(model, placement, ranges, CenterSummary) with the one-sided activations read by linear,
     non-padding layers centred (module docstring). ``model`` and ``placement`` are copied;
     ``ranges`` gains the centred tensors."""
