@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from int8kit._deps import require
+from int8kit.onnx.model_io import FreshNames, insert_before_readers
 
 # A tensor is one-sided when its calibrated minimum is at least -MAX_NEGATIVE x its amax (GELU's
 # -0.17, HardSwish's -0.375 and SiLU's -0.28 are a small fraction of the positive range).
@@ -85,18 +86,9 @@ class _Rewrite:
         self.model = model
         self.graph = model.graph
         self.inits = {i.name: i for i in self.graph.initializer}
-        self.names = {o for n in self.graph.node for o in n.output} | set(self.inits)
-        self.names |= {i.name for i in self.graph.input}
+        self.fresh = FreshNames(self.graph)
         self.to_array = numpy_helper.to_array
         self.from_array = numpy_helper.from_array
-
-    def fresh(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.names:
-            i += 1
-            name = f"{base}{i}"
-        self.names.add(name)
-        return name
 
     def const(self, base: str, value: np.ndarray) -> str:
         name = self.fresh(base)
@@ -156,15 +148,7 @@ class _Rewrite:
         c = self.const(f"{tensor}_center", np.array(shift, np.float32))
         out = self.fresh(f"{tensor}_centered")
         sub = helper.make_node("Sub", [tensor, c], [out], name=self.fresh(f"{tensor}_Center"))
-        nodes = list(self.graph.node)
-        readers = [n for n in nodes if n.name in set(reader_names)]
-        first = min(nodes.index(r) for r in readers)
-        for r in readers:
-            if r.input[0] == tensor:
-                r.input[0] = out
-        nodes.insert(first, sub)
-        del self.graph.node[:]
-        self.graph.node.extend(nodes)
+        insert_before_readers(self.graph, sub, tensor, reader_names, first_input_only=True)
         return out
 
 

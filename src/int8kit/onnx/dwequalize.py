@@ -38,7 +38,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from int8kit._deps import require
-from int8kit.onnx.model_io import drop_unused_initializers
+from int8kit.onnx.model_io import (
+    FreshNames,
+    drop_unused_initializers,
+    insert_before_readers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -357,25 +361,15 @@ class _Editor:
     def insert_mul(self, tensor: str, inv: np.ndarray, readers: list[str], rank: int) -> str:
         from onnx import helper
 
-        base = f"{tensor}_dw_inv_s"
-        name, i = base, 0
-        while name in self.inits or name in self.producer:
-            i += 1
-            name = f"{base}{i}"
+        fresh = FreshNames(self.graph)
+        name = fresh(f"{tensor}_dw_inv_s")
         shape = (1, len(inv)) + (1,) * (rank - 2)
         self.graph.initializer.append(self.from_array(inv.reshape(shape).astype(np.float32), name))
-        out = f"{tensor}_dw_equalized"
-        mul = helper.make_node("Mul", [tensor, name], [out], name=f"{tensor}_DepthwiseEqualize")
-        nodes = list(self.graph.node)
-        first = min(k for k, n in enumerate(nodes) if n.name in readers)
-        for n in nodes:
-            if n.name in readers:
-                for j, inp in enumerate(n.input):
-                    if inp == tensor:
-                        n.input[j] = out
-        nodes.insert(first, mul)
-        del self.graph.node[:]
-        self.graph.node.extend(nodes)
+        out = fresh(f"{tensor}_dw_equalized")
+        mul = helper.make_node(
+            "Mul", [tensor, name], [out], name=fresh(f"{tensor}_DepthwiseEqualize")
+        )
+        insert_before_readers(self.graph, mul, tensor, readers)
         return "inserted Mul"
 
     def scale_weights(self, layers: list[str], s: np.ndarray) -> None:

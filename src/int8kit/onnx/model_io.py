@@ -180,3 +180,40 @@ def drop_unused_initializers(graph) -> set[str]:
         for vi in [vi for vi in graph.input if vi.name in dropped]:
             graph.input.remove(vi)
     return dropped
+
+
+class FreshNames:
+    """``fresh(name)``: ``name``, or ``name_1``, ``name_2``... when the graph already uses it."""
+
+    def __init__(self, graph):
+        self.taken = {i.name for i in graph.initializer}
+        self.taken |= {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
+        for n in graph.node:
+            self.taken |= {n.name, *n.input, *n.output}
+
+    def __call__(self, name: str) -> str:
+        new, k = name, 0
+        while new in self.taken:
+            k += 1
+            new = f"{name}_{k}"
+        self.taken.add(new)
+        return new
+
+
+def insert_before_readers(graph, node, tensor: str, readers, first_input_only: bool = False):
+    """Put ``node`` (which reads ``tensor``) in front of the first of the nodes named
+    ``readers``, and make those read ``node.output[0]`` instead of ``tensor`` (at input 0 only
+    with ``first_input_only``). The node list is rebuilt, which copies its messages: node
+    references taken before the call are stale afterwards."""
+    readers = set(readers)
+    nodes = list(graph.node)
+    first = min(k for k, n in enumerate(nodes) if n.name in readers)
+    for n in nodes:
+        if n.name not in readers:
+            continue
+        for i, name in enumerate(n.input):
+            if name == tensor and (i == 0 or not first_input_only):
+                n.input[i] = node.output[0]
+    nodes.insert(first, node)
+    del graph.node[:]
+    graph.node.extend(nodes)

@@ -16,7 +16,7 @@ import numpy as np
 from int8kit._deps import require
 from int8kit.calib.collector import safe_amax
 from int8kit.calib.methods import weight_amax
-from int8kit.onnx.model_io import drop_unused_initializers
+from int8kit.onnx.model_io import FreshNames, drop_unused_initializers
 from int8kit.onnx.placement import Placement
 
 MIN_OPSET = 13  # per-axis DequantizeLinear
@@ -102,7 +102,7 @@ def insert_qdq(
     summary = QDQSummary(skipped_without_range=[])
     inits = {i.name: i for i in graph.initializer}
     new_inits: list = []
-    fresh = _Names(graph)  # new names never collide with the model's own
+    fresh = FreshNames(graph)  # new names never collide with the model's own
     qdq_after: dict[str, list] = {}  # producer tensor -> Q/DQ nodes to place after it
     rewire: dict[tuple[str, int], str] = {}
 
@@ -194,25 +194,7 @@ def activation_qparams(value) -> tuple[np.ndarray, np.ndarray]:
     return np.array(value.scale, np.float32), np.array(value.zero_point, np.uint8)
 
 
-class _Names:
-    """``fresh(name)``: ``name``, or ``name_1``, ``name_2``... when the graph already uses it."""
-
-    def __init__(self, graph):
-        self.taken = {i.name for i in graph.initializer}
-        self.taken |= {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
-        for n in graph.node:
-            self.taken |= {n.name, *n.input, *n.output}
-
-    def __call__(self, name: str) -> str:
-        new, k = name, 0
-        while new in self.taken:
-            k += 1
-            new = f"{name}_{k}"
-        self.taken.add(new)
-        return new
-
-
-def _rename_ort_generated(graph, fresh: _Names) -> None:
+def _rename_ort_generated(graph, fresh: FreshNames) -> None:
     """Give initializers named as ONNX Runtime names its own (ORT_GENERATED) another name."""
     inputs = {i.name for i in graph.input}
     renamed = {}

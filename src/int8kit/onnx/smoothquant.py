@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from int8kit._deps import require
-from int8kit.onnx.model_io import drop_unused_initializers
+from int8kit.onnx.model_io import drop_unused_initializers, insert_before_readers
 
 log = logging.getLogger(__name__)
 
@@ -310,16 +310,7 @@ class _Editor:
         c = self.new_const(f"{tensor}_inv_s", inv.astype(np.float32))
         out = f"{tensor}_smoothed"
         mul = helper.make_node("Mul", [tensor, c], [out], name=f"{tensor}_SmoothQuant")
-        nodes = list(self.graph.node)
-        first = min(k for k, n in enumerate(nodes) if n.name in readers)
-        for n in nodes:
-            if n.name in readers:
-                for i, name in enumerate(n.input):
-                    if name == tensor:
-                        n.input[i] = out
-        nodes.insert(first, mul)
-        del self.graph.node[:]
-        self.graph.node.extend(nodes)
+        insert_before_readers(self.graph, mul, tensor, readers)
         return "inserted Mul"
 
     def scale_weights(self, group: SmoothGroup, s: np.ndarray) -> None:
