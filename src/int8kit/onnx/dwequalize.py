@@ -40,6 +40,7 @@ import numpy as np
 from int8kit._deps import require
 from int8kit.onnx.model_io import (
     FreshNames,
+    GraphIndex,
     drop_unused_initializers,
     insert_before_readers,
 )
@@ -265,28 +266,10 @@ def channel_stats(model, groups: list[DepthwiseGroup], batches, estimate: int | 
     return gates
 
 
-class _Editor:
+class _Editor(GraphIndex):
     def __init__(self, model):
-        from onnx import numpy_helper
-
-        self.model = model
-        self.graph = model.graph
-        self.inits = {i.name: i for i in self.graph.initializer}
-        self.producer = {o: n for n in self.graph.node for o in n.output if o}
-        self.readers: dict[str, list] = {}
-        for n in self.graph.node:
-            for name in n.input:
-                if name:
-                    self.readers.setdefault(name, []).append(n)
+        super().__init__(model)
         self.uses = {k: len(v) for k, v in self.readers.items()}
-        self.outputs = {o.name for o in self.graph.output}
-        self.to_array = numpy_helper.to_array
-        self.from_array = numpy_helper.from_array
-
-    def only_read_by(self, tensor: str, names: set[str]) -> bool:
-        return tensor not in self.outputs and all(
-            n.name in names for n in self.readers.get(tensor, [])
-        )
 
     def own_const(self, name: str) -> np.ndarray | None:
         """An FP32 initializer no other node reads, as an array."""

@@ -217,3 +217,31 @@ def insert_before_readers(graph, node, tensor: str, readers, first_input_only: b
     nodes.insert(first, node)
     del graph.node[:]
     graph.node.extend(nodes)
+
+
+class GraphIndex:
+    """Lookups over a graph that an in-place rewrite reads: initializers by name, the node
+    producing each tensor, the nodes reading it, the graph outputs. Built once; a rewrite that
+    inserts nodes builds a new one (onnx/smoothquant.py, onnx/dwequalize.py)."""
+
+    def __init__(self, model):
+        from onnx import numpy_helper
+
+        self.model = model
+        self.graph = model.graph
+        self.inits = {i.name: i for i in self.graph.initializer}
+        self.producer = {o: n for n in self.graph.node for o in n.output if o}
+        self.readers: dict[str, list] = {}
+        for n in self.graph.node:
+            for name in n.input:
+                if name:
+                    self.readers.setdefault(name, []).append(n)
+        self.outputs = {o.name for o in self.graph.output}
+        self.to_array = numpy_helper.to_array
+        self.from_array = numpy_helper.from_array
+
+    def only_read_by(self, tensor: str, names: set[str]) -> bool:
+        """``tensor`` is no graph output and only nodes named in ``names`` read it."""
+        return tensor not in self.outputs and all(
+            n.name in names for n in self.readers.get(tensor, [])
+        )

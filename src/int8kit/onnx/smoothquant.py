@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from int8kit._deps import require
-from int8kit.onnx.model_io import drop_unused_initializers, insert_before_readers
+from int8kit.onnx.model_io import GraphIndex, drop_unused_initializers, insert_before_readers
 
 log = logging.getLogger(__name__)
 
@@ -203,22 +203,9 @@ def choose_alpha(
 # -- graph edits -------------------------------------------------------------------------------
 
 
-class _Editor:
+class _Editor(GraphIndex):
     def __init__(self, model):
-        from onnx import numpy_helper
-
-        self.model = model
-        self.graph = model.graph
-        self.inits = {i.name: i for i in self.graph.initializer}
-        self.producer = {o: n for n in self.graph.node for o in n.output if o}
-        self.consumers: dict[str, list] = {}
-        for n in self.graph.node:
-            for name in n.input:
-                if name:
-                    self.consumers.setdefault(name, []).append(n)
-        self.outputs = {o.name for o in self.graph.output}
-        self.to_array = numpy_helper.to_array
-        self.from_array = numpy_helper.from_array
+        super().__init__(model)
         self.count = 0
 
     def const(self, name: str) -> np.ndarray | None:
@@ -240,11 +227,6 @@ class _Editor:
         self.graph.initializer.append(init)
         self.inits[name] = init
         return name
-
-    def only_read_by(self, tensor: str, nodes: set[str]) -> bool:
-        return tensor not in self.outputs and all(
-            n.name in nodes for n in self.consumers.get(tensor, [])
-        )
 
     def fold(self, tensor: str, inv: np.ndarray, readers: set[str]) -> str | None:
         """Make the producer of ``tensor`` output ``tensor * inv`` (per last-axis channel), when
