@@ -22,6 +22,12 @@ ZOO = (
     "minilm",
     "vit_focus",
 )
+# Held-out models: never part of the default's choice (choose_default.py reads ZOO only);
+# benchmarks/holdout/run.py checks the default on them.
+HOLDOUT = (
+    "ppocr_det",
+    "ppocr_rec",
+)
 SPLITS = ("calib", "eval")
 N_SAMPLES = 128  # per split, unless a module sets N_CALIB / N_EVAL
 
@@ -34,8 +40,8 @@ CACHE = BENCH / "work" / "zoo_cache"
 
 def get(name: str) -> ModuleType:
     """The model module ``zoo.<name>`` (ModuleNotFoundError if it is not written yet)."""
-    if name not in ZOO:
-        raise ValueError(f"unknown zoo model {name!r}; choose from {', '.join(ZOO)}")
+    if name not in ZOO + HOLDOUT:
+        raise ValueError(f"unknown zoo model {name!r}; choose from {', '.join(ZOO + HOLDOUT)}")
     return importlib.import_module(f"zoo.{name}")
 
 
