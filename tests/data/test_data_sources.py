@@ -147,6 +147,34 @@ def test_npz_missing_input_lists_keys(tmp_path):
         make_source(DataConfig(str(tmp_path / "d.npz")), inputs)
 
 
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_npz_arrays_read_back_exactly_mapped_or_not(tmp_path, save):
+    # np.savez members are memory-mapped in place (no copy out of the zip), compressed ones read
+    from int8kit.data.arrays import load_chunk
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x": rng.standard_normal((5, 3, 4)).astype(np.float32),
+        "f": np.asfortranarray(rng.standard_normal((5, 6))),  # float64, Fortran order
+        "i": np.arange(5, dtype=np.int64),
+    }
+    save(tmp_path / "d.npz", **arrays)
+    inputs = [InputSpec(k, (None,) + v.shape[1:], str(v.dtype)) for k, v in arrays.items()]
+    chunk = load_chunk(tmp_path / "d.npz", inputs, None)
+    for k, v in arrays.items():
+        assert chunk[k].dtype == v.dtype
+        np.testing.assert_array_equal(chunk[k], v)
+        assert isinstance(chunk[k], np.memmap) == (save is np.savez)
+    batches = list(make_source(DataConfig(str(tmp_path / "d.npz"), batch_size=2), inputs))
+    np.testing.assert_array_equal(np.concatenate([b["f"] for b in batches]), arrays["f"])
+
+
+def test_pickled_npz_is_refused(tmp_path):
+    np.savez(tmp_path / "o.npz", x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DataError, match="plain numeric"):
+        list(make_source(DataConfig(str(tmp_path / "o.npz")), [InputSpec("x", (None,))]))
+
+
 def test_pickled_npy_is_refused(tmp_path):
     np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match="plain numeric"):

@@ -157,6 +157,25 @@ def test_channel_scales_headroom_and_floor():
     assert np.all(channel_scales(np.zeros(3)) == 1.0)
 
 
+def test_channel_max_is_max_abs_per_channel_with_nonfinite_as_zero():
+    from int8kit.onnx.dwequalize import _channel_max
+
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal((3, 5, 4, 6)).astype(np.float32)
+    v[1, 2, 3, 4] = -9.0  # the widest value of channel 2 is negative
+    v[0, 3, 0, 0] = np.nan
+    v[2, 4, 1, 1] = -np.inf
+    v[:, 0] = -0.0
+    m = _channel_max(v)
+    expected = np.abs(v).transpose(1, 0, 2, 3).reshape(5, -1).max(axis=1)
+    expected[3:] = 0.0
+    np.testing.assert_array_equal(m, expected)
+    assert m.dtype == np.float32 and m[2] == 9.0 and not np.signbit(m).any()
+    flat = v[:, :, 0, 0]  # (N, C): channel 3 holds the NaN
+    expected = np.nan_to_num(np.abs(flat).max(axis=0), nan=0.0)
+    np.testing.assert_array_equal(_channel_max(flat), expected)
+
+
 def test_grouped_and_dense_convs_are_not_depthwise():
     m = build([conv("c1", "x", "a", 3, 6), conv("g", "a", "y", 6, 6, group=2)], 3, 6)
     groups, _ = depthwise_groups(m)

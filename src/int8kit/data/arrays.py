@@ -1,12 +1,15 @@
 """Calibration data from .npy/.npz files: first axis = samples, batched by batch_size.
 
 A .npy file feeds one input (the only input, or ``input_name``); a .npz maps its keys to input
-names. A folder of such files is read in sorted order as if concatenated; .npy files are
-memory-mapped, so a large array is not loaded whole. Pickled arrays are never loaded.
+names. A folder of such files is read in sorted order as if concatenated; .npy files and the
+arrays of an uncompressed .npz (np.savez) are memory-mapped, so a large array is not loaded
+whole (nor copied out of the zip: 157 MB took ~0.3 s of CPU). Pickled arrays are never loaded.
 """
 
 from __future__ import annotations
 
+import struct
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +25,50 @@ ARRAY_EXTS = (".npy", ".npz")
 Chunk = dict[str, np.ndarray]
 
 
-def _load(path: Path) -> np.lib.npyio.NpzFile | np.ndarray:
+def _mapped_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """{key: read-only memory map} of a .npz whose members are all uncompressed .npy files
+    (np.savez), or None (compressed, or not only arrays: np.load reads it)."""
+    with zipfile.ZipFile(path) as z, open(path, "rb") as f:
+        members = z.infolist()
+        if not all(
+            m.compress_type == zipfile.ZIP_STORED and m.filename.endswith(".npy") for m in members
+        ):
+            return None
+        size = path.stat().st_size
+        out = {}
+        for m in members:
+            f.seek(m.header_offset)
+            header = f.read(30)  # the local file header; the member's data follows its name/extra
+            if len(header) < 30 or header[:4] != b"PK\x03\x04":
+                return None
+            name_len, extra_len = struct.unpack("<2H", header[26:30])
+            f.seek(m.header_offset + 30 + name_len + extra_len)
+            fmt = np.lib.format
+            read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+            reader = read_header.get(fmt.read_magic(f))
+            if reader is None:
+                return None
+            shape, fortran, dtype = reader(f)
+            if dtype.hasobject:
+                raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+            offset, nbytes = f.tell(), int(np.prod(shape)) * dtype.itemsize
+            if not nbytes or offset + nbytes > size:  # nothing to map, or a truncated file
+                return None
+            out[m.filename[:-4]] = np.memmap(
+                path, dtype, "r", offset, shape, "F" if fortran else "C"
+            )
+        return out
+
+
+def _load(path: Path) -> np.lib.npyio.NpzFile | np.ndarray | dict[str, np.ndarray]:
     try:
         if path.suffix.lower() == ".npy":
             return np.load(path, mmap_mode="r", allow_pickle=False)
-        return np.load(path, allow_pickle=False)
+        try:
+            mapped = _mapped_npz(path)
+        except (zipfile.BadZipFile, struct.error):
+            mapped = None  # np.load says what is wrong with it
+        return mapped if mapped is not None else np.load(path, allow_pickle=False)
     except ValueError as exc:  # object arrays need pickle, which is never allowed
         raise DataError(
             f"cannot load {path}: {exc}; save plain numeric arrays (np.save / np.savez)"
@@ -49,17 +91,20 @@ def load_chunk(path: Path, inputs: list[InputSpec], input_name: str | None) -> C
         if target not in names:
             raise DataError(f"input_name {target!r} is not a model input ({', '.join(names)})")
         return {target: data}
-    with data:
-        keys = list(data.files)
-        chunk = {}
-        for name in names:
-            if name not in keys:
-                raise DataError(
-                    f"{path} has no array for input '{name}': it holds "
-                    f"{', '.join(keys) or 'nothing'}, the model expects {', '.join(names)}; "
-                    "name each .npz key after a model input"
-                )
-            chunk[name] = data[name]
+    keys = list(data) if isinstance(data, dict) else list(data.files)
+    chunk = {}
+    for name in names:
+        if name not in keys:
+            if not isinstance(data, dict):
+                data.close()
+            raise DataError(
+                f"{path} has no array for input '{name}': it holds "
+                f"{', '.join(keys) or 'nothing'}, the model expects {', '.join(names)}; "
+                "name each .npz key after a model input"
+            )
+        chunk[name] = data[name]
+    if not isinstance(data, dict):
+        data.close()
     lengths = {k: len(v) for k, v in chunk.items() if v.ndim}
     if len(set(lengths.values())) > 1 or len(lengths) != len(chunk):
         raise DataError(

@@ -145,8 +145,14 @@ def channel_scales(amax: np.ndarray, headroom: float = 1.0) -> np.ndarray:
 
 
 def _channel_max(v: np.ndarray) -> np.ndarray:
-    axes = tuple(i for i in range(v.ndim) if i != 1)
-    return np.nan_to_num(np.abs(v).max(axis=axes), nan=0.0, posinf=0.0).astype(np.float32)
+    """max |v| per channel (axis 1), NaN and Inf as 0. From the max and min along the
+    contiguous positions: no |v| copy, no reduction across strided axes (the same values)."""
+    flat = v.reshape(v.shape[0], v.shape[1], -1)
+    if flat.shape[2]:
+        m = np.maximum(flat.max(axis=2), -flat.min(axis=2)).max(axis=0)
+    else:
+        m = np.abs(v).max(axis=tuple(i for i in range(v.ndim) if i != 1))
+    return np.nan_to_num(np.abs(m), nan=0.0, posinf=0.0).astype(np.float32)
 
 
 ERROR_POSITIONS = 1024  # spatial positions per sample and channel the held-out error reads
@@ -166,7 +172,11 @@ def _channel_sq_error(x: np.ndarray, s: np.ndarray, top: float) -> np.ndarray:
     """Per channel: sum of (x - int8(x / s) * s)^2, one scale top/127 for x / s; ``x`` is
     (N, C, P)."""
     step = (s * np.float32(top / 127.0)).astype(np.float32)[None, :, None]
-    d = x - np.clip(np.rint(x / step), -127, 127) * step
+    d = x / step  # one temporary, the rest in place: x - int8(x / step) * step
+    np.rint(d, out=d)
+    np.clip(d, -127, 127, out=d)
+    d *= step
+    np.subtract(x, d, out=d)
     return np.einsum("ncp,ncp->c", d, d, dtype=np.float64)
 
 
