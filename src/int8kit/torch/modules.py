@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from int8kit.torch.quantizer import TensorQuantizer
 
@@ -26,8 +27,10 @@ BIAS_SHIFT = "bias_shift"  # buffer of a bias-corrected module: added to its bia
 INPUT_INV_SCALE = "input_inv_scale"
 # Buffer of a Conv/Linear whose one-sided input is centred (`int8kit.torch.center`): the scalar c
 # subtracted from the input before its quantizer; c x (sum of the weights over the inputs) goes
-# back in through the bias, so the FP32 function is unchanged.
+# back in through the bias, so the FP32 function is unchanged. A conv that pads with zeros
+# (`zero_pad`) pads first and subtracts c after, so its zeros read -c like the rest (Pad -> Sub).
 INPUT_SHIFT = "input_shift"
+CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,10 @@ class QuantWeightMixin:
     inverse). With an input shift (buffer ``INPUT_SHIFT``, set by `set_input_shift`) the layer
     reads ``input - c`` and its bias gains ``c`` times the sum of its current weights over the
     inputs, in every mode but "calibrate" (where the quantizer records the uncentred input that
-    c is computed from): weights that change in QAT carry the term with them."""
+    c is computed from): weights that change in QAT carry the term with them. A centred conv
+    that pads with zeros (`zero_pad`) reads ``pad(input) - c`` and runs the convolution itself,
+    without padding: the class's forward is then not called (`int8kit.torch.center` checks
+    that it computes that padded convolution before it centres the layer)."""
 
     input_quantizer: TensorQuantizer
     weight_quantizer: TensorQuantizer
@@ -109,7 +115,11 @@ class QuantWeightMixin:
         bias = self._parameters.get("bias")
         plus = []  # terms added to the bias for this call
         c = self._buffers.get(INPUT_SHIFT)
+        pad = None
         if c is not None and self.input_quantizer.mode != "calibrate":
+            pad = zero_pad(self)
+            if pad is not None:  # its zeros are shifted too; the conv below pads nothing
+                input = F.pad(input, pad)
             input = input - c
             plus.append(c * w.flatten(1).sum(1))  # the float weights: what X = X' + c reads
         input = self.input_quantizer(input)
@@ -124,6 +134,10 @@ class QuantWeightMixin:
         if plus:
             self.__dict__["bias"] = bias
         try:
+            if pad is not None:
+                conv = CONV_FUNCTIONS[len(self.kernel_size)]
+                w = self.__dict__["weight"]
+                return conv(input, w, bias, self.stride, 0, self.dilation, self.groups)
             return super().forward(input, *args, **kwargs)
         finally:
             del self.__dict__["weight"]
@@ -175,6 +189,25 @@ def set_input_shift(module: nn.Module, c: float | None) -> None:
     w = module._parameters["weight"]
     module.register_buffer(INPUT_SHIFT, torch.tensor(float(c), dtype=w.dtype, device=w.device))
     q.set_amax(q.amax.detach() - float(c))
+
+
+def zero_pad(module: nn.Module) -> list[int] | None:
+    """The zeros a Conv puts around its input, in ``F.pad``'s order (last dimension first,
+    (before, after) each): its own zero ``padding`` (also "same") plus those of a constant-zero
+    pad child (TF "same" convs with a fixed pad, like EfficientNet's ``static_padding``); None
+    when it adds none, or is not a Conv, or pads by copying (reflect / replicate / circular)."""
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    if not isinstance(module, convs) or module.padding_mode != "zeros":
+        return None
+    total = [int(p) for p in module._reversed_padding_repeated_twice]
+    pads = [
+        m
+        for m in module._modules.values()
+        if isinstance(m, nn.modules.padding._ConstantPadNd) and m.value == 0
+    ]
+    if len(pads) == 1 and len(pads[0].padding) == len(total):
+        total = [a + int(b) for a, b in zip(total, pads[0].padding, strict=True)]
+    return total if any(total) else None
 
 
 _CLASSES: dict[tuple[type, type], type] = {}
