@@ -499,13 +499,7 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     result.tensors_calibrated = len(ranges.tensors)
     result.nonfinite = ranges.nonfinite()
 
-    if placement is not None and config.fallback_target is not None:
-        from int8kit.analysis.fallback import run_fallback
-
-        result.fallback, placement = run_fallback(
-            model, placement, ranges, calib_src, holdout_src, config
-        )
-
+    # Centring before the fallback: it ranks and repairs the layers as they will be quantized.
     if placement is not None and config.center_one_sided and target.name == "tensorrt":
         from int8kit.onnx.center import center
 
@@ -516,6 +510,13 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
             why = f"centring skipped: {type(exc).__name__}: {str(exc)[:200]}"
             log.warning(why)
             result.center = {"failed": why}
+
+    if placement is not None and config.fallback_target is not None:
+        from int8kit.analysis.fallback import run_fallback
+
+        result.fallback, placement = run_fallback(
+            model, placement, ranges, calib_src, holdout_src, config
+        )
 
     qdq_model = None
     if placement is not None:

@@ -144,3 +144,33 @@ def test_quantize_with_centring_halves_the_error_of_a_relu_block(tmp_path):
         sqnr[on] = r.fidelity["trt-like"]["y"]["sqnr_db"]
     # the ReLU output's step halves (its share of the error / 4); the weights' share stays
     assert sqnr[True] > sqnr[False] + 1.5
+
+
+def test_the_fallback_ranks_the_centred_model(tmp_path):
+    """Centring runs before the fallback: the fallback's held-out score is the centred model's
+    (the one written), not the uncentred model's."""
+    from int8kit.data import DataConfig
+    from int8kit.workflow import QuantizeConfig, quantize_onnx
+
+    pw, pw_i = conv("pw", "r", "y", 6, 4, k=1, spread=np.ones(4))
+    m = relu_into([(pw, pw_i, (None, 4, 8, 8))])
+    path = models.save(m, tmp_path / "m.onnx")
+    data = models.save_npz(tmp_path / "d.npz", n=64, x=(1, 3, 8, 8))
+    before = {}
+    for on in (False, True):
+        r = quantize_onnx(
+            QuantizeConfig(
+                path,
+                str(tmp_path / f"o{on}.onnx"),
+                data=DataConfig(data),
+                holdout=16,
+                bias_correction=False,
+                center_one_sided=on,
+                target_sqnr=0.0,  # met at once: nothing goes float
+            )
+        )
+        assert r.fallback["excluded"] == []
+        before[on] = r.fallback["before"]["sqnr_db"]
+        final = r.fidelity["trt-like"]["y"]["sqnr_db"]
+        assert before[on] == pytest.approx(final, abs=0.5)
+    assert before[True] > before[False] + 1.5
