@@ -15,12 +15,17 @@ Entries:
   <peer>               a zoo_bench.py peer (ORT quantize_static, NNCF, ModelOpt)
 
 Results: benchmarks/results/holdout/<model>.json (one entry per run; kept unless --redo).
+To measure a commit rather than a working tree that others are editing, put its src/ first:
+
+    git archive HEAD src | tar -x -C /tmp/head
+    HOLDOUT_INT8KIT=$(git rev-parse --short HEAD) PYTHONPATH=/tmp/head/src .venv/bin/python ...
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -105,6 +110,8 @@ def run_entry(name: str, label: str) -> dict:
     else:
         entry = zoo_bench.run_peer(name, label)
     entry["kind"] = "recipe" if label.startswith("int8kit:") else "peer"
+    # which int8kit ran (a commit's src/ on PYTHONPATH, or the working tree: see the README)
+    entry["int8kit"] = os.environ.get("HOLDOUT_INT8KIT", "working tree")
     if entry["kind"] == "recipe" and entry.get("ok"):
         entry["trt_deployable"] = TRT_DEPLOYABLE_OWN
     return entry

@@ -27,6 +27,8 @@ ZOO = (
 HOLDOUT = (
     "ppocr_det",
     "ppocr_rec",
+    "ppocr_cls",
+    "ppocr_det_shipped",  # ppocr_det as the package ships it (weights in Constant nodes)
 )
 SPLITS = ("calib", "eval")
 N_SAMPLES = 128  # per split, unless a module sets N_CALIB / N_EVAL
