@@ -88,3 +88,36 @@ def test_observe_announces_its_work_to_the_kernels(monkeypatch):
     batches = [{"x": np.ones((2, 3, 5, 6), np.float32)} for _ in range(3)]
     ob.observe(m, batches, HistogramCollector, names=["r", "p"], total=3)
     assert kernels._planned == 3 * 2 * 3 * 5 * 6  # "p" is derived from "r": only "r" is exposed
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_sessions_with_weights_in_memory_compute_the_same(monkeypatch, optimize):
+    # Large initializers go to ONNX Runtime as OrtValues (add_external_initializers) instead of
+    # inside the serialized model: the same outputs, bit for bit, also for an exposed session
+    # whose pruned nodes leave initializers unread.
+    import onnxruntime as ort
+
+    m = models.conv_bn_relu_chain()
+    x = {"x": np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)}
+    names = [n.output[0] for n in m.graph.node]
+
+    def reference(model):
+        so = ort.SessionOptions()
+        if not optimize:
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(model.SerializeToString(), so, ["CPUExecutionProvider"])
+
+    expected_all = reference(m).run(None, x)
+    expected_exposed = reference(ob.expose(m, names[:2])).run(None, x)
+    before = m.SerializeToString()
+    monkeypatch.setattr(ob, "EXTERNAL_FROM", 16)
+    monkeypatch.setattr(ob, "EXTERNAL_TOTAL", 16)
+    whole = ob.make_session(m, optimize=optimize)
+    exposed = ob.make_session(m, optimize=optimize, outputs=names[:2])
+    assert len(whole.int8kit_weights) >= 2 and len(exposed.int8kit_weights) >= 1
+    for got, want in ((whole.run(None, x), expected_all), (exposed.run(None, x), expected_exposed)):
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert [o.name for o in exposed.get_outputs()] == names[:2]
+    assert m.SerializeToString() == before  # the caller's model is not touched

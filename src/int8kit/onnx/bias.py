@@ -227,7 +227,7 @@ def _means_parts(model, layers, batches, amax, sizes):
         numba_wanted,
         warm_channel_sums,
     )
-    from int8kit.onnx.observe import _ort_threads, _prefetch, expose, make_session, pad_source
+    from int8kit.onnx.observe import _ort_threads, _prefetch, make_session, pad_source
 
     nodes = {n.name: n for n in model.graph.node}
     producer = {o: n for n in model.graph.node for o in n.output}
@@ -255,7 +255,7 @@ def _means_parts(model, layers, batches, amax, sizes):
     if fast:
         threading.Thread(target=warm_channel_sums, name="int8kit-numba", daemon=True).start()
     threads = 0 if fast else _ort_threads()
-    session = make_session(expose(model, exposed), optimize=not has_qdq, threads=threads)
+    session = make_session(model, optimize=not has_qdq, threads=threads, outputs=exposed)
     feeds = {i.name for i in session.get_inputs()}
     # amax values: a float (int8, symmetric) or an onnx.targets.ActQuant (uint8, zero point)
     quantizer = {

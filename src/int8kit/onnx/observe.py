@@ -127,12 +127,17 @@ def serialized(model) -> bytes | None:
 
 
 def make_session(
-    model, providers: list[str] | None = None, optimize: bool = True, threads: int = 0
+    model,
+    providers: list[str] | None = None,
+    optimize: bool = True,
+    threads: int = 0,
+    outputs: list[str] | None = None,
 ):
     """An onnxruntime session of an in-memory model (a ModelProto, or its bytes from
     ``serialized``). ``optimize=False`` runs every node as it is, which for a Q/DQ model is
     exactly "quantize, round, clamp, dequantize in float" — what TensorRT computes (DESIGN.md,
-    fidelity)."""
+    fidelity). ``outputs``: the session of ``expose(model, outputs)``, built without copying
+    the model."""
     ort = require("onnxruntime", "running ONNX models")
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -144,11 +149,101 @@ def make_session(
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     providers = providers or ["CPUExecutionProvider"]
-    data = model if isinstance(model, bytes) else serialized(model)
+    weights: list = []
+    if isinstance(model, bytes):
+        data = model
+    else:
+        data, names, weights = _without_weights(model, outputs)
+        if data is None:
+            weights = []  # the model goes to ONNX Runtime as a file, weights included
+        if weights:
+            so.add_external_initializers(names, weights)
+        elif outputs is not None and data is None:
+            data = serialized(expose(model, outputs))
     if data is not None:
-        return ort.InferenceSession(data, so, providers=providers)
+        session = ort.InferenceSession(data, so, providers=providers)
+        session.int8kit_weights = weights  # ONNX Runtime reads them in place: keep them alive
+        return session
     with tempfile.TemporaryDirectory() as tmp:
-        return ort.InferenceSession(model_bytes_or_path(model, Path(tmp)), so, providers=providers)
+        path = model_bytes_or_path(expose(model, outputs) if outputs else model, Path(tmp))
+        return ort.InferenceSession(path, so, providers=providers)
+
+
+# Initializers of at least this many bytes reach ONNX Runtime as OrtValues over NumPy arrays
+# (SessionOptions.add_external_initializers: read in place) rather than inside the serialized
+# model, which ONNX Runtime parses and copies; and a model with fewer than EXTERNAL_TOTAL bytes of
+# them is serialized whole. Same initializer values, same session: MiniLM's 69 MB session ~0.3 ->
+# ~0.2 s, plus the model copy an exposed session made (benchmarks/fixed_cost.py).
+EXTERNAL_FROM = 1 << 16
+EXTERNAL_TOTAL = 1 << 23
+_NUMPY_TYPES = {1, 2, 3, 5, 6, 7, 10, 11}  # float, uint8, int8, int16, int32, int64, half, double
+
+
+def _without_weights(model, outputs: list[str] | None = None):
+    """(bytes, names, OrtValues): ``model`` (exposing ``outputs``, nodes none of them needs
+    dropped, as ``expose``) serialized with its large initializers as external-data stubs, and
+    those initializers as OrtValues for ``add_external_initializers``. Where they hold fewer
+    than EXTERNAL_TOTAL bytes: (``serialized(model)``, [], []) without ``outputs``, else
+    (None, [], []); bytes None: past protobuf's limit."""
+    onnx = require("onnx")
+    ort = require("onnxruntime", "running ONNX models")
+    from onnx import numpy_helper
+
+    graph = model.graph
+    big = [
+        t
+        for t in graph.initializer
+        if t.data_type in _NUMPY_TYPES
+        and t.data_location != onnx.TensorProto.EXTERNAL
+        and len(t.raw_data) >= EXTERNAL_FROM
+    ]
+    if sum(len(t.raw_data) for t in big) < EXTERNAL_TOTAL:
+        return (serialized(model) if outputs is None else None), [], []
+    out = onnx.ModelProto()
+    for fd, value in model.ListFields():
+        if fd.name != "graph":
+            _copy_field(out, fd, value)
+    g = out.graph
+    for fd, value in graph.ListFields():
+        if fd.name not in ("initializer", "node", "output"):
+            _copy_field(g, fd, value)
+    nodes = list(graph.node)
+    if outputs is None:
+        g.output.extend(graph.output)
+    else:
+        existing = {o.name: o for o in graph.output}
+        g.output.extend(existing.get(n) or onnx.ValueInfoProto(name=n) for n in outputs)
+        needed = _ancestor_nodes(graph, outputs)
+        nodes = [n for i, n in enumerate(nodes) if i in needed]
+    g.node.extend(nodes)
+    read = set().union(*(_reads(n) for n in nodes)) | {i.name for i in graph.input}
+    big_names = {t.name for t in big}
+    names, values = [], []
+    for t in graph.initializer:
+        if t.name not in read:
+            continue  # ONNX Runtime drops an initializer no node reads
+        if t.name not in big_names:
+            g.initializer.append(t)
+            continue
+        stub = g.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value="int8kit-in-memory")
+        names.append(t.name)
+        values.append(ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(t)))
+    try:  # not ``serialized``: its size estimate counts the stubs' dims
+        data = out.SerializeToString()
+    except Exception:  # past protobuf's limit even without the large initializers
+        return None, [], []
+    return (data if len(data) <= _PROTOBUF_LIMIT else None), names, values
+
+
+def _copy_field(msg, fd, value) -> None:
+    if hasattr(value, "extend"):  # a repeated field
+        getattr(msg, fd.name).extend(value)
+    elif fd.message_type is not None:
+        getattr(msg, fd.name).CopyFrom(value)
+    else:
+        setattr(msg, fd.name, value)
 
 
 def _ort_threads(leave_one_core: bool = True) -> int:
@@ -333,7 +428,7 @@ def run_exposed(
     core fewer than the machine has (the caller's histograms keep that one busy), or every core
     when ``light_consumer`` says the caller does little per batch (min/max, means)."""
     threads = _ort_threads(leave_one_core=not light_consumer)
-    session = make_session(expose(model, names), providers, threads=threads)
+    session = make_session(model, providers, threads=threads, outputs=names)
     inputs = {i.name for i in session.get_inputs()}
 
     def outputs() -> Iterator[dict[str, np.ndarray]]:
