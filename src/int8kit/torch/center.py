@@ -114,8 +114,8 @@ def _probe_padded(module: nn.Module, base: type, shape: tuple[int, ...]) -> str 
     """Whether the FP32 forward of ``module`` is the convolution of its input padded by
     `zero_pad`, without further padding (what a centred conv that pads computes instead)."""
     w = module._parameters["weight"]
-    g = torch.Generator(device=w.device).manual_seed(0)
-    x = torch.rand(shape, generator=g, device=w.device).to(w.dtype)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(shape, generator=g).to(device=w.device, dtype=w.dtype)
     m, conv = module, CONV_FUNCTIONS[len(module.kernel_size)]
     try:
         with torch.no_grad():
