@@ -190,14 +190,16 @@ def _without_weights(model, outputs: list[str] | None = None):
     from onnx import numpy_helper
 
     graph = model.graph
-    big = [
-        t
+    # sizes from the dims: reading ``raw_data`` copies the bytes
+    size = {
+        t.name: math.prod(t.dims) * _ITEMSIZE.get(t.data_type, 8)
         for t in graph.initializer
         if t.data_type in _NUMPY_TYPES
         and t.data_location != onnx.TensorProto.EXTERNAL
-        and len(t.raw_data) >= EXTERNAL_FROM
-    ]
-    if sum(len(t.raw_data) for t in big) < EXTERNAL_TOTAL:
+        and t.HasField("raw_data")
+    }
+    big = [t for t in graph.initializer if size.get(t.name, 0) >= EXTERNAL_FROM]
+    if sum(size[t.name] for t in big) < EXTERNAL_TOTAL:
         return (serialized(model) if outputs is None else None), [], []
     out = onnx.ModelProto()
     for fd, value in model.ListFields():
