@@ -218,7 +218,8 @@ def _without_weights(model, outputs: list[str] | None = None):
         needed = _ancestor_nodes(graph, outputs)
         nodes = [n for i, n in enumerate(nodes) if i in needed]
     g.node.extend(nodes)
-    read = set().union(*(_reads(n) for n in nodes)) | {i.name for i in graph.input}
+    read = set().union(*(_reads(n) for n in nodes), (i.name for i in graph.input))
+    read |= {o.name for o in g.output}
     big_names = {t.name for t in big}
     names, values = [], []
     for t in graph.initializer:
