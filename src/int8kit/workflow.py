@@ -394,11 +394,14 @@ def calibrate(
 
 
 def _load(config: QuantizeConfig):
-    from int8kit.onnx.model_io import input_specs, load_model
+    from int8kit.onnx.model_io import constants_to_initializers, input_specs, load_model
     from int8kit.onnx.placement import node_names_unique
 
     model = load_model(config.model)
     node_names_unique(model)
+    moved = constants_to_initializers(model)  # weights in Constant nodes (paddle2onnx)
+    if moved:
+        log.info("%d Constant nodes read as initializers (same function)", moved)
     return model, input_specs(model)
 
 

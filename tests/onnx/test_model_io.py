@@ -100,3 +100,64 @@ def test_unused_initializers_are_dropped_and_the_rest_keep_their_order():
     assert [i.name for i in g.input] == ["x"]
     assert m.SerializeToString() == expected.SerializeToString()
     assert model_io.drop_unused_initializers(g) == set()
+
+
+def _as_constant_nodes(m: onnx.ModelProto, keep_output: str | None = None) -> onnx.ModelProto:
+    """``m`` as paddle2onnx writes it: every initializer a Constant node, none left."""
+    from onnx import helper
+
+    m2 = onnx.ModelProto()
+    m2.CopyFrom(m)
+    consts = [
+        helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t)
+        for t in m2.graph.initializer
+    ]
+    del m2.graph.initializer[:]
+    nodes = consts + list(m2.graph.node)
+    if keep_output:  # a Constant that is also a graph output stays a node
+        m2.graph.output.append(models.value(keep_output, (4,)))
+    del m2.graph.node[:]
+    m2.graph.node.extend(nodes)
+    onnx.checker.check_model(m2)
+    return m2
+
+
+def test_constant_nodes_become_initializers_with_the_same_function():
+    from onnx import helper
+
+    m = _as_constant_nodes(models.conv_bn_relu_chain(), keep_output="b1")
+    n_const = sum(n.op_type == "Constant" for n in m.graph.node)
+    scalar = helper.make_tensor("eps", onnx.TensorProto.FLOAT, [], [1e-5])
+    shape = helper.make_tensor("shape", onnx.TensorProto.INT64, [2], [1, -1])
+    m.graph.node.insert(0, helper.make_node("Constant", [], ["eps"], value=scalar))
+    m.graph.node.insert(0, helper.make_node("Constant", [], ["shape"], value=shape))
+    moved = model_io.constants_to_initializers(m)
+    assert moved == n_const - 1 == 8  # every weight, bias and BN parameter but the output
+    kept = [n.output[0] for n in m.graph.node if n.op_type == "Constant"]
+    assert sorted(kept) == ["b1", "eps", "shape"]  # graph output, scalar, integer tensor
+    assert "w2" in {i.name for i in m.graph.initializer}
+    onnx.checker.check_model(m)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    from int8kit.onnx.observe import make_session
+
+    ref = make_session(models.conv_bn_relu_chain(), optimize=False).run(["y"], {"x": x})[0]
+    got = make_session(m, optimize=False).run(["y"], {"x": x})[0]
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_quantize_finds_weights_held_in_constant_nodes(tmp_path):
+    """paddle2onnx keeps every weight in a Constant node: quantize must still quantize them."""
+    from int8kit.data import DataConfig
+    from int8kit.workflow import QuantizeConfig, quantize_onnx
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_as_constant_nodes(models.conv_bn_relu_chain()), path)
+    before = path.read_bytes()
+    data = models.save_npz(tmp_path / "d.npz", n=16, x=(1, 3, 8, 8))
+    r = quantize_onnx(QuantizeConfig(str(path), str(tmp_path / "q.onnx"), data=DataConfig(data)))
+    assert r.weights_quantized == 2  # conv2 and fc (conv1 reads the input: float)
+    q = onnx.load(tmp_path / "q.onnx")
+    dq_out = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    conv2 = next(n for n in q.graph.node if n.name == "conv2")
+    assert conv2.input[1] in dq_out
+    assert path.read_bytes() == before  # the input model is not modified

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from int8kit.analysis.fallback import spread_samples
     from int8kit.analysis.sensitivity import rows_to_dicts, sensitivity
     from int8kit.data import make_source, progress
-    from int8kit.onnx.model_io import input_specs, load_model
+    from int8kit.onnx.model_io import constants_to_initializers, input_specs, load_model
     from int8kit.onnx.placement import node_names_unique, plan
     from int8kit.ranges import Ranges
     from int8kit.workflow import CalibConfig, calibrate, check_qdq_covered
@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise flag_error(exc) from exc
     model = load_model(args.model)
     node_names_unique(model)
+    constants_to_initializers(model)  # as quantize reads it: weights in Constant nodes count
     specs = input_specs(model)
     # The layers `quantize` would quantize with the same flags: by default not those that read
     # the network input.

@@ -3,6 +3,7 @@ written atomically, models over 2 GB keep their weights as external data."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -60,6 +61,44 @@ def load_model(path: str | os.PathLike, load_weights: bool = True):
     if load_weights:
         onnx.load_external_data_for_model(model, os.fspath(path.parent))
     return model
+
+
+def constants_to_initializers(model) -> int:
+    """Move the floating-point tensors of ``Constant`` nodes (``value`` attribute, 2 elements or
+    more) of the main graph into initializers of the same name, in place; returns how many moved.
+    Same function: exporters such as paddle2onnx keep every weight, bias and BatchNormalization
+    parameter in a Constant node, and the placement (like ORT's quantizer) finds weights among
+    the initializers, so such a model would get int8 activations and float weights. Scalars and
+    integer tensors (shapes, axes, exponents: what other exporters put in Constant nodes) stay
+    nodes, as do outputs of the graph; a model older than IR 4 (initializers must also be graph
+    inputs there) is left as it is."""
+    from onnx import TensorProto
+
+    if model.ir_version and model.ir_version < 4:
+        return 0
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    keep, moved = [], []
+    for node in graph.node:
+        attr = next((a for a in node.attribute if a.name == "value"), None)
+        if (
+            node.op_type != "Constant"
+            or attr is None
+            or node.output[0] in outputs
+            or attr.t.data_type not in floats
+            or math.prod(attr.t.dims) < 2
+        ):
+            keep.append(node)
+            continue
+        tensor = attr.t
+        tensor.name = node.output[0]
+        moved.append(tensor)
+    if moved:
+        graph.initializer.extend(moved)
+        del graph.node[:]
+        graph.node.extend(keep)
+    return len(moved)
 
 
 def save_model(model, path: str | os.PathLike, data: bytes | None = None) -> None:
