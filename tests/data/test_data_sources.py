@@ -247,3 +247,56 @@ def test_data_config_round_trip_and_validation():
         DataConfig("imgs", batch_size=0)
     with pytest.raises(ValueError, match="kind"):
         DataConfig("imgs", kind="video")
+
+
+# An RNN-state model as silero-vad declares it: audio (batch, 576), state (2, batch, 128) whose
+# axis 0 is no batch, sr a scalar int64.
+STATEFUL = [
+    InputSpec("input", ("batch", 576)),
+    InputSpec("state", (2, "batch", 128)),
+    InputSpec("sr", (), "int64"),
+]
+
+
+def test_npz_whole_feeds_per_sample_and_a_scalar_for_all(tmp_path):
+    """Arrays one dim longer than the input list whole feeds; a 0-d array feeds every sample."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 1, 576)).astype(np.float32)
+    state = rng.standard_normal((5, 2, 1, 128)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", input=x, state=state, sr=np.array(16000))
+    src = make_source(DataConfig(str(tmp_path / "d.npz")), STATEFUL)
+    batches = list(src)
+    assert len(batches) == 5 and src.stats.used == 5
+    for i, b in enumerate(batches):
+        assert b["input"].shape == (1, 576) and b["state"].shape == (2, 1, 128)
+        np.testing.assert_array_equal(b["state"], state[i])
+        assert b["sr"].shape == () and b["sr"].dtype == np.int64 and int(b["sr"]) == 16000
+    calib, held = split(DataConfig(str(tmp_path / "d.npz")), STATEFUL, holdout=2)
+    assert calib.num_samples == 3
+    np.testing.assert_array_equal([b["input"] for b in held], x[3:])
+
+
+def test_npz_state_stacked_on_axis0_says_what_to_do(tmp_path):
+    np.savez(
+        tmp_path / "d.npz",
+        input=np.zeros((4, 576), np.float32),
+        state=np.zeros((4, 1, 128), np.float32),
+        sr=np.array(16000),
+    )
+    with pytest.raises(DataError, match=r"fixes the batch dim \(axis 0\) at \[2\].*one more dim"):
+        make_source(DataConfig(str(tmp_path / "d.npz")), STATEFUL)
+    np.savez(
+        tmp_path / "e.npz",
+        input=np.zeros((4, 1, 576), np.float32),
+        state=np.zeros((4, 2, 1, 128), np.float32),
+        sr=np.array(16000),
+    )
+    with pytest.raises(DataError, match="one whole feed per sample.*batch_size to 1"):
+        make_source(DataConfig(str(tmp_path / "e.npz"), batch_size=2), STATEFUL)
+
+
+def test_npz_zero_d_array_only_for_a_scalar_input(tmp_path):
+    np.savez(tmp_path / "d.npz", input=np.array(1.0, np.float32), state=np.zeros((2, 2, 1, 128)))
+    specs = STATEFUL[:2]
+    with pytest.raises(DataError, match="0-d array only for a scalar input"):
+        make_source(DataConfig(str(tmp_path / "d.npz")), specs)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from int8kit.data.arrays import ARRAY_EXTS, ArraySource, load_chunk
+from int8kit.data.arrays import ARRAY_EXTS, ArraySource, load_chunk, samples
 from int8kit.data.config import DataConfig, InputSpec
 from int8kit.data.images import IMAGE_EXTS, ImageSource, find_files, image_input, scan_images
 from int8kit.data.script import ScriptSource
@@ -153,7 +153,7 @@ def split(
     uncapped = dataclasses.replace(config, num_samples=None)
     if kind == "npy":
         chunks = _array_chunks(config, inputs)
-        total = sum(len(next(iter(c.values()))) for c in chunks)
+        total = sum(samples(c) for c in chunks)
         if total <= holdout:
             raise _too_few(total, holdout, "samples", config.source)
         cut = total - holdout

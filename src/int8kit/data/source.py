@@ -58,8 +58,12 @@ class DataSource:
     def __iter__(self) -> Iterator[Batch]:
         self.stats.used = 0
         for batch in self._batches():
-            self.stats.used += len(next(iter(batch.values())))
+            self.stats.used += self.batch_samples(batch)
             yield batch
+
+    def batch_samples(self, batch: Batch) -> int:
+        """Samples in ``batch``: the length of axis 0 of its arrays."""
+        return next((len(v) for v in batch.values() if np.ndim(v)), 1)
 
     def _batches(self) -> Iterator[Batch]:
         raise NotImplementedError
