@@ -161,3 +161,52 @@ def test_quantize_finds_weights_held_in_constant_nodes(tmp_path):
     conv2 = next(n for n in q.graph.node if n.name == "conv2")
     assert conv2.input[1] in dq_out
     assert path.read_bytes() == before  # the input model is not modified
+
+
+def _one_channel_head(bias_from_node: bool = False) -> onnx.ModelProto:
+    """x -> Conv(4) -> Relu -> Conv(1 channel) -> y, the head's weight and its one-element bias in
+    Constant nodes (as silero-vad's OpenVINO export keeps its decoder); or the bias computed."""
+    from onnx import helper
+
+    w2 = models.weight("w2", (1, 4, 1, 1), 2)
+    b2 = helper.make_tensor("b2", onnx.TensorProto.FLOAT, [1], [0.25])
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+        helper.make_node("Constant", [], ["w2"], name="const_w2", value=w2),
+        helper.make_node("Constant", [], ["b2"], name="const_b2", value=b2),
+    ]
+    bias = "b2"
+    if bias_from_node:
+        nodes.append(helper.make_node("Neg", ["b2"], ["b2_neg"], name="neg_b2"))
+        bias = "b2_neg"
+    nodes.append(helper.make_node("Conv", ["r", "w2", bias], ["y"], name="conv2"))
+    inits = [models.weight("w1", (4, 3, 3, 3), 1), models.weight("b1", (4,), 3)]
+    return models.model(
+        nodes, [models.value("x", ("N", 3, 8, 8))], [models.value("y", ("N", 1, 8, 8))], inits
+    )
+
+
+def test_one_element_bias_of_a_conv_in_a_constant_becomes_an_initializer():
+    m = _one_channel_head()
+    assert model_io.constants_to_initializers(m) == 2
+    assert {i.name for i in m.graph.initializer} == {"w1", "b1", "w2", "b2"}
+    assert not [n for n in m.graph.node if n.op_type == "Constant"]
+
+
+@pytest.mark.parametrize("bias_from_node", [False, True])
+def test_quantize_one_channel_head_with_constant_or_computed_bias(tmp_path, bias_from_node):
+    """silero-vad's OpenVINO export crashed in bias correction (KeyError: the one-element bias
+    stayed a Constant node); a bias computed in the graph is left alone, with the reason."""
+    from int8kit.data import DataConfig
+    from int8kit.workflow import QuantizeConfig, quantize_onnx
+
+    path = models.save(_one_channel_head(bias_from_node), tmp_path / "m.onnx")
+    data = models.save_npz(tmp_path / "d.npz", n=24, x=(1, 3, 8, 8))
+    r = quantize_onnx(QuantizeConfig(path, str(tmp_path / "q.onnx"), data=DataConfig(data)))
+    assert r.weights_quantized == 1  # conv2 (conv1 reads the input: float)
+    bc = r.bias_correction
+    if bias_from_node:
+        assert "conv2" in bc["skipped"] and "not a constant" in bc["skipped"]["conv2"]
+    else:
+        assert "conv2" not in bc.get("skipped", {})

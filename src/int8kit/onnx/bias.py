@@ -101,7 +101,9 @@ def bias_layers(model, placement: Placement) -> tuple[list[BiasLayer], dict[str,
             continue
         a = _attrs(node)
         x = node.input[0]
-        if node.op_type == "Conv":
+        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] not in inits | {""}:
+            skipped[name] = "Conv bias is not a constant"
+        elif node.op_type == "Conv":
             layers.append(BiasLayer(name, "Conv", wq.initializer, wq.axis, x, 1, None, wq.qmax))
         elif node.op_type == "Gemm":
             if len(node.input) > 2 and node.input[2] and node.input[2] not in inits:

@@ -70,8 +70,10 @@ def constants_to_initializers(model) -> int:
     parameter in a Constant node, and the placement (like ORT's quantizer) finds weights among
     the initializers, so such a model would get int8 activations and float weights. Scalars and
     integer tensors (shapes, axes, exponents: what other exporters put in Constant nodes) stay
-    nodes, as do outputs of the graph; a model older than IR 4 (initializers must also be graph
-    inputs there) is left as it is."""
+    nodes, unless a Conv, ConvTranspose or Gemm reads them as its weight or bias (a one-channel
+    Conv's bias has one element: bias correction reads it as an initializer), as do outputs of
+    the graph; a model older than IR 4 (initializers must also be graph inputs there) is left as
+    it is."""
     from onnx import TensorProto
 
     if model.ir_version and model.ir_version < 4:
@@ -79,6 +81,12 @@ def constants_to_initializers(model) -> int:
     floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
     graph = model.graph
     outputs = {o.name for o in graph.output}
+    params = {
+        name
+        for n in graph.node
+        if n.op_type in ("Conv", "ConvTranspose", "Gemm")
+        for name in n.input[1:3]
+    }
     keep, moved = [], []
     for node in graph.node:
         attr = next((a for a in node.attribute if a.name == "value"), None)
@@ -87,7 +95,7 @@ def constants_to_initializers(model) -> int:
             or attr is None
             or node.output[0] in outputs
             or attr.t.data_type not in floats
-            or math.prod(attr.t.dims) < 2
+            or (math.prod(attr.t.dims) < 2 and node.output[0] not in params)
         ):
             keep.append(node)
             continue
