@@ -394,10 +394,16 @@ def calibrate(
 
 
 def _load(config: QuantizeConfig):
-    from int8kit.onnx.model_io import constants_to_initializers, input_specs, load_model
+    from int8kit.onnx.model_io import (
+        constants_to_initializers,
+        input_specs,
+        load_model,
+        refuse_quantized,
+    )
     from int8kit.onnx.placement import node_names_unique
 
     model = load_model(config.model)
+    refuse_quantized(model, config.model)
     node_names_unique(model)
     moved = constants_to_initializers(model)  # weights in Constant nodes (paddle2onnx)
     if moved:
@@ -460,6 +466,18 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         model, prepared = target.prepare(model)  # same function (ort-cpu: Pads into Convs)
         result.target.update(prepared)
     placement = target.plan(model, config.placement) if config.write_qdq else None
+    if placement is not None:
+        from int8kit.onnx.model_io import subgraph_layers
+
+        hidden = subgraph_layers(model)
+        if hidden:
+            warning = (
+                f"{hidden} Conv/ConvTranspose/Gemm/MatMul layers inside If/Loop/Scan bodies stay "
+                "float: int8kit quantizes the main graph only; export the model without control "
+                "flow (one branch, e.g. a fixed sample rate) to quantize them"
+            )
+            log.warning(warning)
+            result.target["warnings"].append(warning)
     if placement is not None and target.placement == "ort":
         from int8kit.onnx.targets_ort import integer_warning
 

@@ -387,8 +387,9 @@ def print_summary(result, out=None) -> None:
         p(f"  WARNING: {warning}")
     if "qdq_onnx" in result.outputs and not result.activations_quantized:
         p(
-            "  WARNING: nothing was quantized: every compute layer reads the network input or "
-            "was excluded (--quantize-input-layers quantizes the first layers too)"
+            "  WARNING: nothing was quantized: the compute layers of the main graph (if any) "
+            "all read the network input or were excluded (--quantize-input-layers quantizes the "
+            "first layers too)"
         )
     eq = result.equalize
     if eq:

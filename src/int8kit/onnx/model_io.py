@@ -63,6 +63,60 @@ def load_model(path: str | os.PathLike, load_weights: bool = True):
     return model
 
 
+QUANTIZED_OPS = (
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "ConvInteger",
+    "MatMulInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "DynamicQuantizeLSTM",
+    "DynamicQuantizeMatMul",
+    "QGemm",
+    "QAttention",
+)
+
+
+def refuse_quantized(model, path: str) -> None:
+    """ModelError if ``model`` is already quantized (Q/DQ, ONNX Runtime's integer ops): int8kit
+    calibrates FP32 models, and a second quantization of an int8 model only loses more."""
+    found: dict[str, int] = {}
+    for g in all_graphs(model.graph):
+        for node in g.node:
+            if node.op_type in QUANTIZED_OPS:
+                found[node.op_type] = found.get(node.op_type, 0) + 1
+    if found:
+        ops = ", ".join(f"{n} {op}" for op, n in sorted(found.items(), key=lambda x: -x[1]))
+        raise ModelError(
+            f"{path} is already quantized ({ops}); int8kit calibrates FP32 models: give it the "
+            "FP32 model this one was made from (a model with Q/DQ nodes from QAT runs as it is: "
+            "trtexec --int8, or ONNX Runtime)"
+        )
+
+
+def all_graphs(graph):
+    """``graph`` and every subgraph in it (If branches, Loop and Scan bodies), depth first."""
+    from onnx import AttributeProto
+
+    todo = [graph]
+    while todo:
+        g = todo.pop()
+        yield g
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == AttributeProto.GRAPH:
+                    todo.append(attr.g)
+                elif attr.type == AttributeProto.GRAPHS:
+                    todo.extend(attr.graphs)
+
+
+def subgraph_layers(model, op_types=("Conv", "ConvTranspose", "Gemm", "MatMul")) -> int:
+    """Layers of ``op_types`` inside If/Loop/Scan bodies (int8kit quantizes the main graph)."""
+    main = sum(n.op_type in op_types for n in model.graph.node)
+    return sum(n.op_type in op_types for g in all_graphs(model.graph) for n in g.node) - main
+
+
 def constants_to_initializers(model) -> int:
     """Move the floating-point tensors of ``Constant`` nodes (``value`` attribute, 2 elements or
     more) of the main graph into initializers of the same name, in place; returns how many moved.
