@@ -254,17 +254,7 @@ def names_read(graph) -> set[str]:
     """Every tensor name the nodes of ``graph`` read, those of its subgraphs (Loop, If and Scan
     bodies) included: a body may read an outer-scope initializer by name, so pruning unused
     initializers by the top-level nodes alone would drop its weights."""
-    names: set[str] = set()
-    todo = [graph]
-    while todo:
-        g = todo.pop()
-        for node in g.node:
-            names.update(node.input)
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    todo.append(attr.g)
-                todo.extend(attr.graphs)
-    return names
+    return {name for g in all_graphs(graph) for node in g.node for name in node.input}
 
 
 def drop_unused_initializers(graph) -> set[str]:
