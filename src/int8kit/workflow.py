@@ -578,7 +578,10 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
 
                 source, bias = bias_correct(model, bc_placement, calib_src, amax=quant)
             result.bias_correction = {**asdict(bias), "seconds": time.perf_counter() - t1}
-        qdq_model, summary = insert_qdq(source, placement, quant, rounded=rounded)
+        # bias correction's copy is rewritten in place; the model itself is copied
+        qdq_model, summary = insert_qdq(
+            source, placement, quant, rounded=rounded, copy=source is model
+        )
         qdq_model = target.finish(qdq_model)
         result.activations_quantized = summary.activations
         result.weights_quantized = summary.weights

@@ -28,6 +28,15 @@ def test_qdq_model_checks_runs_and_keeps_io():
     assert y.shape == (3, 10)
 
 
+def test_in_place_insertion_writes_the_same_model():
+    m = models.conv_bn_relu_chain()
+    amax = {t: 2.0 for t in ("x", "r1", "r2", "p", "f")}
+    copied, _ = insert_qdq(m, plan(m), amax)
+    in_place, summary = insert_qdq(m, plan(m), amax, copy=False)
+    assert in_place is m and summary.activations == 5
+    assert in_place.SerializeToString() == copied.SerializeToString()
+
+
 def test_activation_scale_is_amax_over_127_with_int8_zero_point():
     m = models.residual_block()
     q, _ = insert_qdq(m, plan(m), {"x": 3.0})

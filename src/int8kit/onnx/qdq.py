@@ -88,15 +88,19 @@ def insert_qdq(
     placement: Placement,
     amax: dict[str, float],
     rounded: dict[str, np.ndarray] | None = None,
+    copy: bool = True,
 ):
     """Return a copy of ``model`` with Q/DQ inserted; tensors without an amax are left float.
     ``rounded``: {weight initializer: int8 values} written instead of round-to-nearest (same
-    per-channel scales as ``quantize_weight``; onnx/adaround.py)."""
+    per-channel scales as ``quantize_weight``; onnx/adaround.py). ``copy=False``: ``model``
+    itself is rewritten (a model the caller no longer needs: no copy of its weights)."""
     onnx = require("onnx", "writing Q/DQ models")
     from onnx import helper, numpy_helper
 
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = model
+    if copy:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     out = _ensure_opset(out)
     graph = out.graph
     summary = QDQSummary(skipped_without_range=[])
