@@ -401,6 +401,7 @@ def _load(config: QuantizeConfig):
         refuse_quantized,
     )
     from int8kit.onnx.placement import node_names_unique
+    from int8kit.onnx.upcast import upcast_fp16
 
     model = load_model(config.model)
     refuse_quantized(model, config.model)
@@ -408,7 +409,14 @@ def _load(config: QuantizeConfig):
     moved = constants_to_initializers(model)  # weights in Constant nodes (paddle2onnx)
     if moved:
         log.info("%d Constant nodes read as initializers (same function)", moved)
-    return model, input_specs(model)
+    warnings = []
+    if upcast_fp16(model):  # Q/DQ scales are FP32: an FP16 model is calibrated in FP32
+        warnings.append(
+            f"{config.model} is an FP16 model: it is calibrated, quantized and compared in FP32 "
+            "(inputs and outputs stay FP16); --high-precision fp16 writes what stays float in FP16"
+        )
+        log.warning(warnings[-1])
+    return model, input_specs(model), warnings
 
 
 def _data(config: QuantizeConfig, specs):
@@ -429,7 +437,7 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     from int8kit.onnx.targets import get_target
 
     t0 = time.perf_counter()
-    model, specs = _load(config)
+    model, specs, load_warnings = _load(config)
     calib_src, holdout_src = _data(config, specs)
     result = QuantizeResult(config, outputs={})
     original = model  # fidelity is measured against the model as given
@@ -461,7 +469,7 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
             result.equalize_depthwise = {"failed": why}
     target = get_target(config.target, config.reduce_range)
     config.reduce_range = target.reduce_range if target.name != "tensorrt" else None
-    result.target = {"name": target.name, "scheme": target.describe(), "warnings": []}
+    result.target = {"name": target.name, "scheme": target.describe(), "warnings": load_warnings}
     if config.write_qdq:
         model, prepared = target.prepare(model)  # same function (ort-cpu: Pads into Convs)
         result.target.update(prepared)

@@ -60,3 +60,70 @@ def test_layers_inside_an_if_are_reported_not_silently_left_float(tmp_path):
     assert any(
         "1 Conv/ConvTranspose/Gemm/MatMul layers inside If" in w for w in r.target["warnings"]
     )
+
+
+def _fp16(m: onnx.ModelProto, io: bool, weight_casts: bool = False) -> onnx.ModelProto:
+    """``m`` with its float initializers in FP16, as float16 converters write models: FP16
+    inputs and outputs (``io``), or FP32 ones with each FP16 weight read through a
+    ``Cast(to=float)`` (``weight_casts``: weights stored in half the bytes, computed in FP32)."""
+    from onnx import numpy_helper
+
+    g = m.graph
+    for i, t in enumerate(list(g.initializer)):
+        g.initializer[i].CopyFrom(
+            numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name)
+        )
+        if weight_casts:
+            for node in g.node:
+                node.input[:] = [f"{t.name}_f32" if s == t.name else s for s in node.input]
+            g.node.insert(
+                0, helper.make_node("Cast", [t.name], [f"{t.name}_f32"], to=TensorProto.FLOAT)
+            )
+    if io:
+        for v in (*g.input, *g.output):
+            v.type.tensor_type.elem_type = TensorProto.FLOAT16
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def test_an_fp16_model_is_quantized_in_fp32_and_keeps_fp16_inputs_and_outputs(tmp_path):
+    """An FP16 model got Q/DQ with FP32 scales on FP16 tensors: a written model ONNX Runtime
+    refuses ('tensor(float16) of input parameter of QuantizeLinear is invalid'), fidelity FAILED,
+    exit 0. Now it is computed in FP32 inside, FP16 at its boundaries."""
+    import onnxruntime as ort
+
+    fp16 = _fp16(models.conv_bn_relu_chain(), io=True)
+    path = models.save(fp16, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((40, 3, 8, 8)).astype(np.float16)
+    np.savez(tmp_path / "d.npz", x=x)
+    data = DataConfig(str(tmp_path / "d.npz"))
+    r = quantize_onnx(QuantizeConfig(path, str(tmp_path / "q.onnx"), data=data, holdout=8))
+    assert r.weights_quantized == 2
+    assert any("FP16 model" in w for w in r.target["warnings"])
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    assert q.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    assert q.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) >= 3
+    run = {
+        p: ort.InferenceSession(p, providers=["CPUExecutionProvider"]).run(None, {"x": x[:8]})[0]
+        for p in (path, str(tmp_path / "q.onnx"))
+    }
+    ref, out = (run[p].astype(np.float64) for p in (path, str(tmp_path / "q.onnx")))
+    assert run[str(tmp_path / "q.onnx")].dtype == np.float16
+    assert 10 * np.log10((ref**2).sum() / ((out - ref) ** 2).sum()) > 25
+
+
+def test_fp16_weights_read_through_a_cast_are_quantized(tmp_path):
+    """Weights stored in FP16 and cast to FP32 at run time: the layers read a Cast's output,
+    not an initializer, and kept FP32 weights (0 quantized); now the Cast folds into an FP32
+    initializer and both Conv weights and the Gemm's are int8."""
+    path = models.save(_fp16(models.conv_bn_relu_chain(), False, True), tmp_path / "m.onnx")
+    data = DataConfig(models.save_npz(tmp_path / "d.npz", n=16, x=(1, 3, 8, 8)))
+    r = quantize_onnx(QuantizeConfig(path, str(tmp_path / "q.onnx"), data=data))
+    assert r.weights_quantized == 2
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    assert not any(n.op_type == "Cast" for n in q.graph.node)
+    assert {t.data_type for t in q.graph.initializer if t.name.startswith("w")} <= {
+        TensorProto.FLOAT,
+        TensorProto.INT8,
+    }
