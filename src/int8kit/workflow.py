@@ -395,6 +395,7 @@ def calibrate(
 
 def _load(config: QuantizeConfig):
     from int8kit.onnx.model_io import (
+        bypass_initializer_identities,
         constants_to_initializers,
         input_specs,
         load_model,
@@ -409,6 +410,9 @@ def _load(config: QuantizeConfig):
     moved = constants_to_initializers(model)  # weights in Constant nodes (paddle2onnx)
     if moved:
         log.info("%d Constant nodes read as initializers (same function)", moved)
+    shared = bypass_initializer_identities(model)  # shared weights (TorchScript export)
+    if shared:
+        log.info("%d Identity nodes of initializers bypassed (same function)", shared)
     warnings = []
     if upcast_fp16(model):  # Q/DQ scales are FP32: an FP16 model is calibrated in FP32
         warnings.append(

@@ -127,3 +127,49 @@ def test_fp16_weights_read_through_a_cast_are_quantized(tmp_path):
         TensorProto.FLOAT,
         TensorProto.INT8,
     }
+
+
+def _shared_weight_matmuls() -> onnx.ModelProto:
+    """x(N,8,16) -> MatMul w0 -> [Relu -> MatMul w] x 3 -> y, the last two reading w through an
+    Identity: how PyTorch's TorchScript exporter writes one layer applied repeatedly
+    (chython-rxnmap's encoder)."""
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"], name="mm0")]
+    for k in range(1, 4):
+        w = "w" if k == 1 else f"w_use{k}"
+        if k > 1:
+            nodes.append(helper.make_node("Identity", ["w"], [w], name=f"id{k}"))
+        nodes += [
+            helper.make_node("Relu", [f"h{k - 1}"], [f"r{k}"], name=f"relu{k}"),
+            helper.make_node("MatMul", [f"r{k}", w], [f"h{k}" if k < 3 else "y"], name=f"mm{k}"),
+        ]
+    inits = [models.weight("w0", (16, 16), 1), models.weight("w", (16, 16), 2, scale=0.25)]
+    return models.model(
+        nodes, [models.value("x", ("N", 8, 16))], [models.value("y", ("N", 8, 16))], inits
+    )
+
+
+def test_a_weight_shared_through_identity_nodes_is_quantized_in_every_layer(tmp_path):
+    """Before: only mm1 (reading the initializer) had a per-channel int8 weight; mm2 and mm3 read
+    an Identity's output, which the placement took for an activation: a per-tensor
+    QuantizeLinear on the float weight at run time, with a calibrated scale, no bias correction,
+    and not counted among the weights (chython-rxnmap: 8 weights, 53 such "activations")."""
+    path = models.save(_shared_weight_matmuls(), tmp_path / "m.onnx")
+    data = DataConfig(models.save_npz(tmp_path / "d.npz", n=16, x=(1, 8, 16)))
+    r = quantize_onnx(QuantizeConfig(path, str(tmp_path / "q.onnx"), data=data))
+    assert r.weights_quantized == 1  # weight tensors: the one shared by mm1, mm2, mm3
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {t.name: t for t in q.graph.initializer}
+    made = {o: n for n in q.graph.node for o in n.output}
+    for k in (1, 2, 3):
+        mm = next(n for n in q.graph.node if n.name == f"mm{k}")
+        dq = made[mm.input[1]]
+        assert dq.op_type == "DequantizeLinear"
+        assert inits[dq.input[0]].data_type == TensorProto.INT8  # stored int8, not quantized at run
+        assert list(inits[dq.input[1]].dims) == [16]  # per output channel
+    assert not any(
+        n.op_type in ("Identity", "QuantizeLinear") and n.input[0] == "w" for n in q.graph.node
+    )
+    int8 = [
+        t for t in q.graph.initializer if t.data_type == TensorProto.INT8 and t.dims == [16, 16]
+    ]
+    assert len(int8) == 1  # one int8 copy of the shared weight

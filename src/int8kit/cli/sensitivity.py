@@ -54,7 +54,12 @@ def run(args: argparse.Namespace) -> int:
     from int8kit.analysis.fallback import spread_samples
     from int8kit.analysis.sensitivity import rows_to_dicts, sensitivity
     from int8kit.data import make_source, progress
-    from int8kit.onnx.model_io import constants_to_initializers, input_specs, load_model
+    from int8kit.onnx.model_io import (
+        bypass_initializer_identities,
+        constants_to_initializers,
+        input_specs,
+        load_model,
+    )
     from int8kit.onnx.placement import node_names_unique, plan
     from int8kit.onnx.upcast import upcast_fp16
     from int8kit.ranges import Ranges
@@ -84,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     node_names_unique(model)
     constants_to_initializers(model)  # as quantize reads it: weights in Constant nodes count
     upcast_fp16(model)  # as quantize reads it: an FP16 model computed in FP32
+    bypass_initializer_identities(model)  # shared weights read through Identity nodes
     specs = input_specs(model)
     # The layers `quantize` would quantize with the same flags: by default not those that read
     # the network input.

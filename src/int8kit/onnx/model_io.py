@@ -163,6 +163,33 @@ def constants_to_initializers(model) -> int:
     return len(moved)
 
 
+def bypass_initializer_identities(model) -> int:
+    """Make the readers of ``Identity(initializer)`` in the main graph read the initializer
+    itself, and drop those Identity nodes, in place; returns how many. Same function: PyTorch's
+    TorchScript exporter writes a weight shared by several layers (ALBERT-like encoders that
+    repeat one layer, tied embeddings) once and each further use as an Identity of it, and the
+    placement finds weights among the initializers, so those layers got int8 activations and
+    float weights (chython-rxnmap: 53 of 61 MatMuls). A weight read by several layers gets one
+    int8 copy (qdq.py); passes that change a weight write a new initializer per layer. An
+    Identity whose output is a graph output stays."""
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {
+        n.output[0]: n.input[0]
+        for n in graph.node
+        if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs
+    }
+    if not alias:
+        return 0
+    keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for node in keep:
+        node.input[:] = [alias.get(s, s) for s in node.input]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(alias)
+
+
 def save_model(model, path: str | os.PathLike, data: bytes | None = None) -> None:
     """Write ``model`` to ``path`` atomically; weights go to ``<name>.data`` beside it when the
     model is too large for one protobuf (2 GB). The temporary folder is removed on any exception
