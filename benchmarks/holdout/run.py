@@ -11,6 +11,7 @@ Entries:
                        benchmarks/zoo/check_default.py runs it
   int8kit:previous     the same with method mse and no depthwise equalization or centring (the
                        default before them: mse + bias correction)
+  int8kit:no-center    the default without centring; int8kit:no-dw without depthwise equalization
   int8kit:<recipe>     a zoo_bench.py recipe (all calibration samples, shared ranges)
   <peer>               a zoo_bench.py peer (ORT quantize_static, NNCF, ModelOpt)
 
@@ -45,6 +46,9 @@ OWN = {
         "equalize_depthwise": False,
         "center_one_sided": False,
     },
+    # the default less one of its two rewrites: which one moves a model
+    "int8kit:no-center": {"calib": {"method": "mse"}, "center_one_sided": False},
+    "int8kit:no-dw": {"calib": {"method": "mse"}, "equalize_depthwise": False},
 }
 ENTRIES = (
     "int8kit:default",
@@ -61,6 +65,19 @@ ENTRIES = (
     "modelopt-max",
 )
 TRT_DEPLOYABLE_OWN = True  # int8kit's tensorrt target: int8, zero point 0, per-tensor activations
+
+
+def int8_layers(path) -> str:
+    """ "k/n": of the n Conv/ConvTranspose/Gemm/MatMul nodes, the k whose first two inputs are
+    both DequantizeLinear outputs (what TensorRT can run in INT8; a float weight keeps the layer
+    float however its input is quantized)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    layers = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
+    k = sum(all(made_by.get(x) == "DequantizeLinear" for x in n.input[:2]) for n in layers)
+    return f"{k}/{len(layers)}"
 
 
 def run_own(name: str, label: str, overrides: dict) -> dict:
@@ -95,8 +112,13 @@ def run_own(name: str, label: str, overrides: dict) -> dict:
     }
     for key in ("bias_correction", "equalize_depthwise", "center"):
         v = getattr(r, key, None)
-        if isinstance(v, dict) and v:
-            entry[key] = {k: x for k, x in v.items() if isinstance(x, (int, float, str))}
+        if isinstance(v, dict) and v:  # numbers as they are, collections as their sizes
+            entry[key] = {
+                k: (x if isinstance(x, (int, float, str)) else len(x))
+                for k, x in v.items()
+                if isinstance(x, (int, float, str, dict, list))
+            }
+    entry["int8_layers"] = int8_layers(out)
     entry["metrics"] = evaluate(name, out, backends=("trt-like",))
     return entry  # the model is kept (benchmarks/work/zoo_models/) for the per-layer analysis
 
@@ -114,7 +136,15 @@ def run_entry(name: str, label: str) -> dict:
     entry["int8kit"] = os.environ.get("HOLDOUT_INT8KIT", "working tree")
     if entry["kind"] == "recipe" and entry.get("ok"):
         entry["trt_deployable"] = TRT_DEPLOYABLE_OWN
+    path = zoo_bench.ZOO_MODELS_OUT / f"{name}.{label.split(':')[-1]}.onnx"
+    if entry.get("ok") and "int8_layers" not in entry and path.exists():
+        entry["int8_layers"] = int8_layers(path)
     return entry
+
+
+def _int8_layers_of(name: str, label: str) -> str:
+    path = zoo_bench.ZOO_MODELS_OUT / f"{name}.{label.split(':')[-1]}.onnx"
+    return int8_layers(path) if path.exists() else "?"
 
 
 def collect(names) -> dict:
@@ -129,13 +159,15 @@ def collect(names) -> dict:
         for label, e in json.loads(path.read_text())["entries"].items():
             m = (e.get("metrics") or {}).get("trt-like", {})
             if not e.get("ok") or "failed" in m:
-                rows[label] = {"failed": e.get("failed") or e.get("skipped") or m.get("failed")}
+                why = str(e.get("failed") or e.get("skipped") or m.get("failed"))
+                rows[label] = {"failed": why}
                 continue
             rows[label] = {
                 "primary": m[mod.PRIMARY],
                 "secondary": m[mod.SECONDARY],
                 "trt_deployable": bool(e.get("trt_deployable")),
                 "kind": e["kind"],
+                "int8_layers": e.get("int8_layers") or _int8_layers_of(name, label),
             }
             ort = (e.get("metrics") or {}).get("ort-int8", {})
             if mod.PRIMARY in ort:
@@ -160,6 +192,13 @@ def collect(names) -> dict:
     return table
 
 
+def _short(why: str) -> str:
+    """One line of a failure: the exception of a traceback, or the first line."""
+    lines = [x.strip() for x in why.splitlines() if x.strip()]
+    exc = [x for x in lines if x.split(":")[0].endswith(("Error", "Exception"))]
+    return (exc[-1] if exc else lines[0] if lines else why)[:100].replace("|", "/")
+
+
 def write_table(names) -> None:
     table = collect(names)
     save_json(RESULTS / "holdout.json", table)
@@ -169,23 +208,27 @@ def write_table(names) -> None:
         "Models in `zoo.HOLDOUT`, never seen by `benchmarks/choose_default.py`; task metric vs "
         "FP32 on the evaluation set, trt-like backend (what TensorRT computes). "
         "Written by `benchmarks/holdout/run.py --table` from `benchmarks/results/holdout/`. "
-        "TRT: deployable by TensorRT (int8, zero point 0, per-tensor activation scales).",
+        "TRT: deployable by TensorRT (int8, zero point 0, per-tensor activation scales). "
+        "INT8 layers: Conv/Gemm/MatMul nodes whose input and weight are both dequantized "
+        "(a float weight keeps the layer float in TensorRT).",
         "",
     ]
     for name, t in table.items():
         lines += [
             f"## {name} ({t['primary']}, {t['secondary']})",
             "",
-            f"| entry | TRT | {t['primary']} | {t['secondary']} | ORT int8 {t['primary']} |",
-            "|---|---|---|---|---|",
+            f"| entry | TRT | INT8 layers | {t['primary']} | {t['secondary']} "
+            f"| ORT int8 {t['primary']} |",
+            "|---|---|---|---|---|---|",
         ]
         for label, r in t["entries"].items():
             if "failed" in r:
-                lines.append(f"| {label} | | failed: {str(r['failed'])[:120]} | | |")
+                lines.append(f"| {label} | | | failed: {_short(r['failed'])} | | |")
                 continue
             ort = r.get("ort_int8_primary")
             lines.append(
-                f"| {label} | {'yes' if r['trt_deployable'] else 'no'} | {r['primary']:.4f} | "
+                f"| {label} | {'yes' if r['trt_deployable'] else 'no'} | {r['int8_layers']} "
+                f"| {r['primary']:.4f} | "
                 f"{r['secondary']:.2f} | {'' if ort is None else f'{ort:.4f}'} |"
             )
         v = t["verdict"]
