@@ -3,7 +3,7 @@
 with the bias correction's share of each call.
 
     .venv/bin/python benchmarks/fixed_cost.py [--models pplcnet minilm retinaface] [--runs 5]
-                                              [--old COMMIT] [--new COMMIT]
+                                              [--old COMMIT] [--new COMMIT] [--out NAME]
 
 Each call runs in a fresh process, as zoo_bench.py --timing runs it (int8kit_runner.py, method
 auto, 128 calibration samples, no held-out fidelity; ort_runner.py MinMax in the ORT venv). "old"
@@ -13,7 +13,7 @@ every run, starting one later each run, so load from other jobs falls on all of 
 compare the ratios, not the seconds. The old and new Q/DQ
 models must be byte-identical and their ranges equal (checked every run).
 
-Result: benchmarks/results/fixed_cost.json (repository-relative paths).
+Result: benchmarks/results/fixed_cost.json, or ``--out NAME`` there (repository-relative paths).
 """
 
 from __future__ import annotations
@@ -143,6 +143,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--old", default="HEAD", help="commit whose src/ is 'old' (default HEAD)")
     p.add_argument("--new", default=None, help="commit whose src/ is 'new' (default: worktree)")
+    p.add_argument("--out", default="fixed_cost.json", help="file name under benchmarks/results")
     a = p.parse_args(argv)
     why = ensure_venv(*PEERS["ort-minmax"][:2])
     if why:
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
         "load_avg_1min_at_end": os.getloadavg()[0],
         "models": results,
     }
-    save_json(RESULTS / "fixed_cost.json", doc)
+    save_json(RESULTS / a.out, doc)
     print(
         f"\n{'model':<12}{'old s':>8}{'new s':>8}{'ORT s':>8}{'new/old':>9}"
         f"{'ORT/old':>9}{'ORT/new':>9}{'old/FP32':>10}{'new/FP32':>10}{'bc old':>8}{'bc new':>8}"
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
             f"{r['median_bias_correction_s']['old']:>8.2f}{r['median_bias_correction_s']['new']:>8.2f}  "
             f"{all(r['identical_outputs'])}"
         )
-    print(f"\nwrote {relative(RESULTS / 'fixed_cost.json')}")
+    print(f"\nwrote {relative(RESULTS / a.out)}")
     return 0
 
 
