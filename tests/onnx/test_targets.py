@@ -233,7 +233,7 @@ def test_a_weight_shared_through_an_identity_still_gets_integer_convs(tmp_path):
     path = models.save(m, tmp_path / "shared.onnx")
     data = models.save_npz(tmp_path / "shared.npz", n=6, x=(1, 3, 8, 8))
     r = _run(path, data, tmp_path / "shared.int8.onnx")
-    assert r.target["identities_inlined"] == 1
+    assert r.target["identities_inlined"] == 0  # inlined when the model is loaded, any target
     ops = integer_ops(r.outputs["qdq_onnx"])
     assert ops["integer"] == {"QLinearAdd": 1, "QLinearConv": 2}  # conv0 reads the input
 

@@ -11,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 
-from int8kit.onnx.model_io import drop_unused_initializers
+from int8kit.onnx.model_io import bypass_initializer_identities, drop_unused_initializers
 from int8kit.onnx.placement import GraphIndex, _attrs
 
 
@@ -276,21 +276,6 @@ def drop_identities(model):
 
 def inline_constant_identities(model):
     """Readers of an Identity of an initializer (exporters write one for a weight used twice)
-    read the initializer itself, so that the layer's weight is a constant the placement sees.
-    Works in place; returns (model, count)."""
-    graph = model.graph
-    inits = {i.name for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    alias = {
-        n.output[0]: n.input[0]
-        for n in graph.node
-        if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs
-    }
-    if not alias:
-        return model, 0
-    for n in graph.node:
-        for k, name in enumerate(n.input):
-            if name in alias:
-                n.input[k] = alias[name]
-    _drop_dead_nodes(graph)
-    return model, len(alias)
+    read the initializer itself (model_io.bypass_initializer_identities, which quantize also
+    runs when it loads a model, for every target). Works in place; returns (model, count)."""
+    return model, bypass_initializer_identities(model)
