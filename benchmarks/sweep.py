@@ -325,6 +325,17 @@ def to_fp16(path: Path) -> None:
     onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=False), str(path))
 
 
+def to_external_data(path: Path) -> None:
+    """The model with every tensor over 1 KB in ``<name>.data`` beside it (ONNX external data,
+    as models over 2 GB must be and exporters write large ones)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    location = f"{path.name}.data"
+    (path.parent / location).unlink(missing_ok=True)
+    onnx.save(model, str(path), save_as_external_data=True, location=location, size_threshold=1024)
+
+
 def effwordnet_fp16_data(model: Path, n: int) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float16) for k, v in effwordnet_data(model, n).items()}
 
@@ -510,6 +521,16 @@ MODELS = (
         magika_data,
         "Google's file-type classifier, tf2onnx 1.16, opset 15: int32 byte tokens, one-hot by "
         "Equal, Conv + MatMul + LayerNorm as elementwise ops",
+    ),
+    Model(
+        "rxnmap_external",
+        "chython-rxnmap==2.0",
+        "chython_rxnmap/rxnmap.onnx",
+        "random tokens",
+        rxnmap_data,
+        "rxnmap saved here with its weights as external data (no wheel ships one: > 100 MB "
+        "models are downloaded at run time)",
+        derive=to_external_data,
     ),
 )
 BY_NAME = {m.name: m for m in MODELS}
