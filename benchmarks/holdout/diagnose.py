@@ -39,6 +39,14 @@ def layers(name: str, label: str, samples: int) -> dict[str, dict]:
     return {(f"Q/DQ of {r.tensor}" if r.op == "Q/DQ" else r.tensor): r.to_dict() for r in rows}
 
 
+def fp32_reads(name: str) -> dict[str, list[str]]:
+    """{tensor: the inputs of the FP32 node that makes it}."""
+    import onnx
+
+    graph = onnx.load(str(model_path(name)), load_external_data=False).graph
+    return {o: list(n.input) for n in graph.node for o in n.output}
+
+
 def _finite(x: float) -> float:
     return 99.0 if math.isinf(x) else x
 
@@ -53,11 +61,16 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     ra, rb = layers(a.model, a.a, a.samples), layers(a.model, a.b, a.samples)
     keys = [k for k in ra if k in rb]
+    gaps = {k: _finite(rb[k]["sqnr_db"]) - _finite(ra[k]["sqnr_db"]) for k in keys}  # > 0: A worse
+    reads = fp32_reads(a.model)
     rows = []
     for k in keys:
         x, y = ra[k], rb[k]
-        gap = _finite(y["sqnr_db"]) - _finite(x["sqnr_db"])  # > 0: A is worse here
-        gap_in = _finite(y["input_sqnr_db"]) - _finite(x["input_sqnr_db"])
+        gap = gaps[k]
+        # the gap already there in what the FP32 node reads (its inputs' rows; for a Q/DQ row,
+        # the tensor it quantizes): a layer "opens" the rest
+        ins = [k[len("Q/DQ of ") :]] if k.startswith("Q/DQ of ") else reads.get(k, [])
+        gap_in = max((gaps[t] for t in ins if t in gaps), default=0.0)
         rows.append(
             {
                 "tensor": k,
