@@ -27,6 +27,9 @@ class TensorRange:
     candidates: dict[str, float] = field(default_factory=dict)  # method -> amax it would pick
     # target ort-cpu: the uint8 quantizer written (dtype, scale, zero_point, min, max)
     uint8: dict = field(default_factory=dict)
+    # share of the non-zero values that round to 0 at this amax (calib.underflow; not written
+    # to the ranges file: calibration sets it, a ranges file read back has None)
+    zero_share: float | None = None
 
     @property
     def scale(self) -> float:

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from int8kit.calib import underflow
 from int8kit.calib.cache import ALGORITHMS, DEFAULT_VERSION
 from int8kit.calib.collector import (
     DEFAULT_BINS,
@@ -27,6 +28,7 @@ from int8kit.calib.collector import (
     HistogramCollector,
 )
 from int8kit.calib.methods import METHODS
+from int8kit.calib.underflow import zero_share
 from int8kit.data import DataConfig
 from int8kit.errors import DataError, ModelError
 from int8kit.fileio import check_outputs
@@ -337,6 +339,9 @@ class QuantizeResult:
     center: dict = field(default_factory=dict)  # onnx.center.CenterSummary as a dict
     method: str = ""  # the range method used (``auto`` resolved)
     target: dict = field(default_factory=dict)  # name, scheme, reduce_range, warnings
+    # quantized activations most of whose non-zero values int8 rounds to 0 (calib.underflow):
+    # name -> share, min, max, amax, readers (nodes)
+    rounds_to_zero: dict = field(default_factory=dict)
 
 
 def calibrate(
@@ -385,12 +390,36 @@ def calibrate(
             if method in cands
             else c.compute_amax(method, calib.percentile, calib.sample_quantile)
         )
-        return TensorRange(amax, method, c.stats.to_dict(), cands)
+        stats = c.stats.to_dict()
+        share = zero_share(c.counts, c.width, amax, stats)
+        return TensorRange(amax, method, stats, cands, zero_share=share)
 
     # The histogram searches are vectorised NumPy that mostly releases the GIL: threads help.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         found = pool.map(tensor_range, collectors.items())
         return Ranges(tensors=dict(zip(collectors, found, strict=True)))
+
+
+def rounds_to_zero(model, ranges: Ranges, placement, share: float = underflow.WARN_SHARE) -> dict:
+    """The quantized activations of ``placement`` whose calibrated share of non-zero values
+    that int8 rounds to 0 is at least ``share`` (Softmax outputs aside: calib.underflow), worst
+    first."""
+    producer = {out: n.op_type for n in model.graph.node for out in n.output}
+    found = {}
+    for name, readers in placement.activations.items():
+        r = ranges.tensors.get(name)
+        if r is None or r.zero_share is None or r.zero_share < share:
+            continue
+        if producer.get(name) in underflow.QUIET_PRODUCERS:
+            continue
+        found[name] = {
+            "share": r.zero_share,
+            "min": r.stats.get("min"),
+            "max": r.stats.get("max"),
+            "amax": r.amax,
+            "readers": sorted({node for node, _ in readers}),
+        }
+    return dict(sorted(found.items(), key=lambda kv: -kv[1]["share"]))
 
 
 def _load(config: QuantizeConfig):
@@ -550,6 +579,11 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         result.fallback, placement = run_fallback(
             model, placement, ranges, calib_src, holdout_src, config
         )
+
+    if placement is not None:
+        result.rounds_to_zero = rounds_to_zero(model, ranges, placement)
+        if result.rounds_to_zero:
+            log.warning(underflow.warning(result.rounds_to_zero))
 
     qdq_model = None
     if placement is not None:

@@ -334,6 +334,7 @@ def summary_dict(result) -> dict:
         "activations_quantized": result.activations_quantized,
         "weights_quantized": result.weights_quantized,
         "nonfinite": result.nonfinite,
+        "rounds_to_zero": result.rounds_to_zero,
         "holdout_images": result.holdout_images,
         "fidelity": result.fidelity,
         "fallback": result.fallback,
@@ -428,6 +429,10 @@ def print_summary(result, out=None) -> None:
         )
         for name, (nan, inf) in list(result.nonfinite.items())[:5]:
             p(f"    {name}: {nan} NaN, {inf} Inf")
+    if result.rounds_to_zero:
+        from int8kit.calib.underflow import warning
+
+        p("  WARNING: " + warning(result.rounds_to_zero).replace("\n", "\n  "))
     if result.fallback:
         _print_fallback(result.fallback, p)
     if result.fp16:
