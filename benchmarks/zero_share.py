@@ -30,7 +30,14 @@ def shares(model_path: Path, data_path: Path, samples: int | None) -> tuple[str,
     from int8kit.data import DataConfig, make_source
     from int8kit.onnx.targets import get_target
     from int8kit.recipes import default_recipe
-    from int8kit.workflow import CalibConfig, PlacementConfig, QuantizeConfig, _load, calibrate
+    from int8kit.workflow import (
+        CalibConfig,
+        PlacementConfig,
+        QuantizeConfig,
+        _load,
+        calibrate,
+        rounds_to_zero,
+    )
 
     data = DataConfig(source=str(data_path), num_samples=samples)
     model, specs, _ = _load(QuantizeConfig(model=str(model_path), output="unused.onnx", data=data))
@@ -47,7 +54,8 @@ def shares(model_path: Path, data_path: Path, samples: int | None) -> tuple[str,
         names=list(placement.activations),
     )
     out = {n: r.zero_share for n, r in ranges.tensors.items() if r.zero_share is not None}
-    return f"{fam}/{recipe.method}", out
+    warned = rounds_to_zero(model, ranges, placement)
+    return f"{fam}/{recipe.method}", out, warned
 
 
 def main(argv=None) -> int:
@@ -59,15 +67,17 @@ def main(argv=None) -> int:
     print(
         "| model | recipe | quantized activations | max share | tensor | "
         + " | ".join(f">= {x:g}" for x in LEVELS)
-        + " |"
+        + " | warned (Softmax outputs aside) |"
     )
-    print("|---|---|---|---|---|" + "---|" * len(LEVELS))
+    print("|---|---|---|---|---|" + "---|" * (len(LEVELS) + 1))
     for model_path, data_path in pairs:
-        recipe, found = shares(model_path, data_path, args.samples)
+        recipe, found, warned = shares(model_path, data_path, args.samples)
         worst = max(found, key=found.get) if found else "-"
         top = found.get(worst, 0.0)
         counts = " | ".join(str(sum(v >= x for v in found.values())) for x in LEVELS)
-        print(f"| {model_path.stem} | {recipe} | {len(found)} | {top:.4f} | {worst} | {counts} |")
+        print(
+            f"| {model_path.stem} | {recipe} | {len(found)} | {top:.4f} | {worst} | {counts} | {len(warned)} |"
+        )
         sys.stdout.flush()
     return 0
 

@@ -560,6 +560,10 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     ranges.config = config.to_dict()
     result.tensors_calibrated = len(ranges.tensors)
     result.nonfinite = ranges.nonfinite()
+    if placement is not None:  # at the calibrated ranges, before centring renames tensors
+        result.rounds_to_zero = rounds_to_zero(model, ranges, placement)
+        if result.rounds_to_zero:
+            log.warning(underflow.warning(result.rounds_to_zero))
 
     # Centring before the fallback: it ranks and repairs the layers as they will be quantized.
     if placement is not None and config.center_one_sided and target.name == "tensorrt":
@@ -579,11 +583,6 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         result.fallback, placement = run_fallback(
             model, placement, ranges, calib_src, holdout_src, config
         )
-
-    if placement is not None:
-        result.rounds_to_zero = rounds_to_zero(model, ranges, placement)
-        if result.rounds_to_zero:
-            log.warning(underflow.warning(result.rounds_to_zero))
 
     qdq_model = None
     if placement is not None:

@@ -37,6 +37,13 @@ def run(tmp_path, x: np.ndarray, method: str = "mse"):
     return quantize_onnx(cfg)
 
 
+def test_default_recipe_warns_before_centring_renames_the_tensor(tmp_path):
+    x = np.exp(np.random.default_rng(0).normal(6.0, 4.0, (64, 64)))
+    r = run(tmp_path, x, method="auto")
+    assert r.center.get("centered")  # the one-sided input got a centred copy
+    assert list(r.rounds_to_zero) == ["x"] and r.rounds_to_zero["x"]["share"] > 0.85
+
+
 def test_heavy_tailed_input_warns_with_share_range_and_reader(tmp_path):
     # a power spectrum's range: exp of a wide normal, 2e-3 .. 1e9
     x = np.exp(np.random.default_rng(0).normal(6.0, 4.0, (64, 64)))
