@@ -120,17 +120,16 @@ def test_a_two_sided_tensor_is_left_alone(x):
     assert [n.op_type for n in out.graph.node] == ["Conv", "Conv"]
 
 
-def test_quantize_with_centring_halves_the_error_of_a_relu_block(tmp_path):
+def _quantize_relu_block(tmp_path, **options) -> dict:
+    """quantize_onnx of a ReLU -> 1x1 conv block without and with centring: {on: result}."""
     from int8kit.data import DataConfig
     from int8kit.workflow import QuantizeConfig, quantize_onnx
 
     pw, pw_i = conv("pw", "r", "y", 6, 4, k=1, spread=np.ones(4))
-    m = relu_into([(pw, pw_i, (None, 4, 8, 8))])
-    path = models.save(m, tmp_path / "m.onnx")
+    path = models.save(relu_into([(pw, pw_i, (None, 4, 8, 8))]), tmp_path / "m.onnx")
     data = models.save_npz(tmp_path / "d.npz", n=64, x=(1, 3, 8, 8))
-    sqnr = {}
-    for on in (False, True):
-        r = quantize_onnx(
+    return {
+        on: quantize_onnx(
             QuantizeConfig(
                 path,
                 str(tmp_path / f"o{on}.onnx"),
@@ -138,8 +137,17 @@ def test_quantize_with_centring_halves_the_error_of_a_relu_block(tmp_path):
                 holdout=16,
                 bias_correction=False,
                 center_one_sided=on,  # the input layer stays float: r is the only activation
+                **options,
             )
         )
+        for on in (False, True)
+    }
+
+
+def test_quantize_with_centring_halves_the_error_of_a_relu_block(tmp_path):
+    results = _quantize_relu_block(tmp_path)
+    sqnr = {}
+    for on, r in results.items():
         assert bool(r.center.get("centered")) is on
         sqnr[on] = r.fidelity["trt-like"]["y"]["sqnr_db"]
     # the ReLU output's step halves (its share of the error / 4); the weights' share stays
@@ -149,26 +157,9 @@ def test_quantize_with_centring_halves_the_error_of_a_relu_block(tmp_path):
 def test_the_fallback_ranks_the_centred_model(tmp_path):
     """Centring runs before the fallback: the fallback's held-out score is the centred model's
     (the one written), not the uncentred model's."""
-    from int8kit.data import DataConfig
-    from int8kit.workflow import QuantizeConfig, quantize_onnx
-
-    pw, pw_i = conv("pw", "r", "y", 6, 4, k=1, spread=np.ones(4))
-    m = relu_into([(pw, pw_i, (None, 4, 8, 8))])
-    path = models.save(m, tmp_path / "m.onnx")
-    data = models.save_npz(tmp_path / "d.npz", n=64, x=(1, 3, 8, 8))
+    results = _quantize_relu_block(tmp_path, target_sqnr=0.0)  # met at once: nothing goes float
     before = {}
-    for on in (False, True):
-        r = quantize_onnx(
-            QuantizeConfig(
-                path,
-                str(tmp_path / f"o{on}.onnx"),
-                data=DataConfig(data),
-                holdout=16,
-                bias_correction=False,
-                center_one_sided=on,
-                target_sqnr=0.0,  # met at once: nothing goes float
-            )
-        )
+    for on, r in results.items():
         assert r.fallback["excluded"] == []
         before[on] = r.fallback["before"]["sqnr_db"]
         final = r.fidelity["trt-like"]["y"]["sqnr_db"]
