@@ -30,9 +30,10 @@ _lock = threading.Lock()
 # (~0.5 s on an idle machine, 0.9 s on a busy one) over what it saves (~2 ns a value: histogram
 # and channel sums), less where the histograms wait for ONNX Runtime anyway. Default recipe on 2
 # cores, NumPy over numba, medians of 6 (wall): MiniLM (1.1e8 values) x0.86, PP-LCNet (3.3e8)
-# x0.94-1.0, RetinaFace (4.1e8) x0.99; numba gains where ONNX Runtime gets more cores. The other
-# zoo models plan 5.7e8 to 9.5e9.
-NUMBA_FROM = 4e8
+# x0.94-1.0; whole default call, medians of 3 alternated: RetinaFace (4.3e8) 3.36 vs 3.75 s,
+# YOLOv8n (5.7e8) level, EfficientNet-Lite0 (8.6e8) 9.5 vs 8.6 s. numba gains where ONNX Runtime
+# gets more cores. The other zoo models plan 5.7e8 to 9.5e9.
+NUMBA_FROM = 5e8
 _planned: int | None = None  # values announced by plan() in this process (None: no plan)
 
 
