@@ -424,18 +424,27 @@ def rounds_to_zero(model, ranges: Ranges, placement, share: float = underflow.WA
 
 
 def _load(config: QuantizeConfig):
+    from int8kit.onnx.model_io import load_model, refuse_quantized
+
+    model = load_model(config.model)
+    refuse_quantized(model, config.model)
+    return normalize_model(model, config.model)
+
+
+def normalize_model(model, path) -> tuple:
+    """``model`` (just loaded from ``path``) as quantize reads it, in place, same function:
+    unique node names, weights in Constant nodes as initializers (paddle2onnx), shared weights
+    read through Identity nodes as the initializer itself (TorchScript), an FP16 model computed
+    in FP32. Returns (model, input specs, warnings). ``sensitivity`` reads a model the same way,
+    so that both plan the same layers."""
     from int8kit.onnx.model_io import (
         bypass_initializer_identities,
         constants_to_initializers,
         input_specs,
-        load_model,
-        refuse_quantized,
     )
     from int8kit.onnx.placement import node_names_unique
     from int8kit.onnx.upcast import upcast_fp16
 
-    model = load_model(config.model)
-    refuse_quantized(model, config.model)
     node_names_unique(model)
     moved = constants_to_initializers(model)  # weights in Constant nodes (paddle2onnx)
     if moved:
@@ -446,7 +455,7 @@ def _load(config: QuantizeConfig):
     warnings = []
     if upcast_fp16(model):  # Q/DQ scales are FP32: an FP16 model is calibrated in FP32
         warnings.append(
-            f"{config.model} is an FP16 model: it is calibrated, quantized and compared in FP32 "
+            f"{path} is an FP16 model: it is calibrated, quantized and compared in FP32 "
             "(inputs and outputs stay FP16); --high-precision fp16 writes what stays float in FP16"
         )
         log.warning(warnings[-1])

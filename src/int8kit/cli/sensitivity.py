@@ -54,16 +54,10 @@ def run(args: argparse.Namespace) -> int:
     from int8kit.analysis.fallback import spread_samples
     from int8kit.analysis.sensitivity import rows_to_dicts, sensitivity
     from int8kit.data import make_source, progress
-    from int8kit.onnx.model_io import (
-        bypass_initializer_identities,
-        constants_to_initializers,
-        input_specs,
-        load_model,
-    )
-    from int8kit.onnx.placement import node_names_unique, plan
-    from int8kit.onnx.upcast import upcast_fp16
+    from int8kit.onnx.model_io import load_model
+    from int8kit.onnx.placement import plan
     from int8kit.ranges import Ranges
-    from int8kit.workflow import CalibConfig, calibrate, check_qdq_covered
+    from int8kit.workflow import CalibConfig, calibrate, check_qdq_covered, normalize_model
 
     if args.samples < 1 or args.top < 1:
         raise Int8kitError("--samples and --top must be >= 1")
@@ -85,12 +79,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise flag_error(exc) from exc
-    model = load_model(args.model)
-    node_names_unique(model)
-    constants_to_initializers(model)  # as quantize reads it: weights in Constant nodes count
-    upcast_fp16(model)  # as quantize reads it: an FP16 model computed in FP32
-    bypass_initializer_identities(model)  # shared weights read through Identity nodes
-    specs = input_specs(model)
+    model, specs, _ = normalize_model(load_model(args.model), args.model)  # as quantize reads it
     # The layers `quantize` would quantize with the same flags: by default not those that read
     # the network input.
     placement = plan(model, placement_cfg)
