@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from int8kit._deps import require
-from int8kit.onnx.model_io import FreshNames, insert_before_readers
+from int8kit.onnx.model_io import FreshNames, GraphIndex, insert_before_readers
 
 # A tensor is one-sided when its calibrated minimum is at least -MAX_NEGATIVE x its amax (GELU's
 # -0.17, HardSwish's -0.375 and SiLU's -0.28 are a small fraction of the positive range).
@@ -79,16 +79,12 @@ def _weight_sum(node, inits, to_array) -> np.ndarray | None:
     return None
 
 
-class _Rewrite:
-    def __init__(self, model):
-        from onnx import numpy_helper
+class _Rewrite(GraphIndex):
+    """Graph edits of centring (only ``inits`` of the index is kept up to date)."""
 
-        self.model = model
-        self.graph = model.graph
-        self.inits = {i.name: i for i in self.graph.initializer}
+    def __init__(self, model):
+        super().__init__(model)
         self.fresh = FreshNames(self.graph)
-        self.to_array = numpy_helper.to_array
-        self.from_array = numpy_helper.from_array
 
     def const(self, base: str, value: np.ndarray) -> str:
         name = self.fresh(base)
@@ -107,23 +103,12 @@ class _Rewrite:
         from onnx import helper
 
         node = self.node(node_name)
-        if node.op_type == "Conv":
-            b = (
-                self.to_array(self.inits[node.input[2]])
-                if len(node.input) > 2 and node.input[2]
-                else 0.0
-            )
+        if node.op_type in ("Conv", "Gemm"):  # input 2: Conv's bias, Gemm's C (times beta)
+            has_bias = len(node.input) > 2 and node.input[2]
+            b = self.to_array(self.inits[node.input[2]]) if has_bias else 0.0
+            if node.op_type == "Gemm":
+                delta = delta / float(_attrs(node).get("beta", 1.0))
             name = self.const(f"{node.name}_centered_bias", b + delta)
-            if len(node.input) > 2:
-                node.input[2] = name
-            else:
-                node.input.append(name)
-            return
-        if node.op_type == "Gemm":
-            beta = float(_attrs(node).get("beta", 1.0))
-            has_c = len(node.input) > 2 and node.input[2]
-            c = self.to_array(self.inits[node.input[2]]) if has_c else 0.0
-            name = self.const(f"{node.name}_centered_bias", c + delta / beta)
             if len(node.input) > 2:
                 node.input[2] = name
             else:
