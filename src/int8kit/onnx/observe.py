@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from int8kit._deps import require
-from int8kit.onnx.model_io import _PROTOBUF_LIMIT, model_bytes_or_path
+from int8kit.onnx.model_io import _PROTOBUF_LIMIT, model_bytes_or_path, names_read
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,11 @@ def expose(model, names: list[str]):
 def _reads(node) -> set[str]:
     """Every tensor ``node`` reads, including those its subgraphs (If/Loop/Scan) read from the
     enclosing graph."""
-    names = {i for i in node.input if i}
+    names = set(node.input)
     for a in node.attribute:
         for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-            for n in g.node:
-                names |= _reads(n)
+            names |= names_read(g)
+    names.discard("")
     return names
 
 
