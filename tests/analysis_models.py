@@ -87,6 +87,33 @@ def classifier():
     return _model(nodes, [_x()], [_y((1, 10))], inits, "classifier")
 
 
+def encoder():
+    """x(1,4,16) tokens -> MatMul -> LayerNorm -> ln; outputs: 'emb' = L2-normalised mean over
+    tokens, 'cls' = token 0 of ln (two embeddings), 'logits' = Gemm of cls (1, 10) and 'scaled'
+    = logits / 2 (a temperature: still class scores)."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["h"], name="proj"),
+        helper.make_node("LayerNormalization", ["h", "g", "b"], ["ln"], name="norm"),
+        helper.make_node("ReduceMean", ["ln"], ["mean"], name="pool", axes=[1], keepdims=0),
+        helper.make_node("ReduceL2", ["mean"], ["l2"], name="l2", axes=[1], keepdims=1),
+        helper.make_node("Div", ["mean", "l2"], ["emb"], name="unit"),
+        helper.make_node("Gather", ["ln", "first"], ["cls"], name="cls_token", axis=1),
+        helper.make_node("Gemm", ["cls", "wc", "bc"], ["logits"], name="head", transB=1),
+        helper.make_node("Div", ["logits", "temperature"], ["scaled"], name="temperature"),
+    ]
+    inits = [
+        _w("wq", (16, 32), 11),
+        numpy_helper.from_array(np.ones(32, np.float32), "g"),
+        numpy_helper.from_array(np.zeros(32, np.float32), "b"),
+        numpy_helper.from_array(np.array(0, np.int64), "first"),
+        _w("wc", (10, 32), 12, scale=1.0),
+        numpy_helper.from_array(np.zeros(10, np.float32), "bc"),
+        numpy_helper.from_array(np.array(2.0, np.float32), "temperature"),
+    ]
+    outputs = [_y((1, 32), "emb"), _y((1, 32), "cls"), _y((1, 10), "logits"), _y((1, 10), "scaled")]
+    return _model(nodes, [_x(shape=(1, 4, 16))], outputs, inits, "encoder")
+
+
 def save(model, path) -> str:
     onnx.save(model, str(path))
     return str(path)

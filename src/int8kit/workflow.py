@@ -812,11 +812,13 @@ def fidelity(
 ) -> dict:
     """INT8 vs FP32 per output, for each backend label of analysis.fidelity.BACKENDS; a backend
     that refuses the INT8 model is reported as ``{"failed": why}`` and the others still run."""
-    from int8kit.analysis.fidelity import compare_models, open_sessions
+    from int8kit.analysis.fidelity import compare_models, embedding_outputs, open_sessions
     from int8kit.onnx.observe import make_session
 
     fp32 = make_session(fp32_model)
-    return compare_models(fp32, open_sessions(int8_model, backends), batches, task=task)
+    sessions = open_sessions(int8_model, backends)
+    embeddings = embedding_outputs(fp32_model)
+    return compare_models(fp32, sessions, batches, task=task, embeddings=embeddings)
 
 
 def _check(model) -> bytes | None:

@@ -4,6 +4,7 @@ from analysis_models import (
     classifier,
     conv_relu_conv,
     detector_head,
+    encoder,
     int8kit_qdq,
     random_batches,
     save,
@@ -125,3 +126,23 @@ def test_guess_task_needs_decoded_boxes_and_scores_not_only_a_detection_shape():
     assert guess_task(rng.standard_normal((1, 4200, 10))) == "raw"
     assert guess_task(rng.standard_normal((1, 3549, 6))) == "raw"
     assert guess_task(rng.standard_normal((1, 1000))) == "classify"
+
+
+def test_embeddings_get_no_top1_unless_the_task_is_named():
+    from int8kit.analysis.fidelity import embedding_outputs, guess_task
+
+    m = encoder()
+    # L2 normalisation (a Div by a computed norm) and a LayerNorm's token 0 are embeddings; a
+    # Gemm head and its division by a constant temperature are class scores
+    assert embedding_outputs(m) == {"emb", "cls"}
+    batches = random_batches(4, shape=(1, 4, 16))
+    q = int8kit_qdq(m, batches=batches)
+    result = evaluate(m, q, batches, backends=("trt-like",))["outputs"]["trt-like"]
+    tasks = {n: r["task"] for n, r in result.items()}
+    assert tasks == {"emb": "raw", "cls": "raw", "logits": "classify", "scaled": "classify"}
+    assert "top1_agreement" not in result["emb"] and "top1_agreement" in result["logits"]
+    named = evaluate(m, q, batches, task="classify", backends=("trt-like",))["outputs"]
+    assert named["trt-like"]["emb"]["task"] == "classify"
+    x = np.random.default_rng(0).standard_normal((1, 32))
+    assert guess_task(x) == "classify" and guess_task(x, embedding=True) == "raw"
+    assert guess_task(np.arange(32).reshape(1, 32)) == "raw"  # token ids (MiniLM's 'output')

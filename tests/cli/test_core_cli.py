@@ -144,3 +144,15 @@ def test_quantize_warns_when_only_an_input_layer_exists(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "nothing was quantized" not in text and "Q/DQ on 1 activations and 1 weights" in text
     assert "bias correction: 1 layers" in text
+
+
+def test_quantize_summary_prints_top1_only_for_class_scores(tmp_path, capsys):
+    from analysis_models import encoder
+
+    path = models.save(encoder(), tmp_path / "enc.onnx")
+    data = models.save_npz(tmp_path / "d.npz", n=12, x=(1, 4, 16))
+    assert main(["quantize", path, "--calib", data, "-o", str(tmp_path / "q.onnx")]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "SQNR" in ln and "cos" in ln]
+    top1 = {ln.split()[1].rstrip(":") for ln in lines if "top-1 agree" in ln}
+    # one line per backend and output; the two embeddings keep SQNR/cosine, without top-1
+    assert len(lines) == 8 and top1 == {"logits", "scaled"}

@@ -13,7 +13,13 @@ from collections.abc import Iterable
 import numpy as np
 
 from int8kit.analysis.detection import DetectionStats
-from int8kit.analysis.fidelity import BACKENDS, TASKS, compare_models, open_sessions
+from int8kit.analysis.fidelity import (
+    BACKENDS,
+    TASKS,
+    compare_models,
+    embedding_outputs,
+    open_sessions,
+)
 from int8kit.data import DataConfig
 from int8kit.errors import DataError
 
@@ -70,7 +76,9 @@ def evaluate(
         )
     batches = make_source(data, input_specs(fp32)) if isinstance(data, DataConfig) else data
     sessions = open_sessions(int8, backends)  # a refused backend is reported as failed
-    outputs = compare_models(make_session(fp32), sessions, batches, task=task, layout=layout)
+    outputs = compare_models(
+        make_session(fp32), sessions, batches, task, layout, embeddings=embedding_outputs(fp32)
+    )
     stats = getattr(batches, "stats", None)
     used = getattr(stats, "used", None)
     if used == 0:

@@ -10,7 +10,7 @@ is a result, not a crash: its entry is ``{"failed": "why"}`` and the other backe
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import numpy as np
 
@@ -47,18 +47,69 @@ def open_sessions(model, backends) -> dict[str, object]:
     return sessions
 
 
-def guess_task(output: np.ndarray) -> str:
+def guess_task(output: np.ndarray, embedding: bool = False) -> str:
     """'detect' for a YOLO-style (N, 4+nc, A) or (N, A, 5+nc) tensor of DECODED detections (class
     scores within [0, 1], boxes in pixels), 'classify' for (N, C) logits, else 'raw'. The values
     are looked at too: a face detector's landmark offsets (N, A, 10) or a YOLOX head's raw logits
     (N, A, 5+nc) have the shape of detections but are no boxes and scores, and an mAP of them
-    would mean nothing."""
+    would mean nothing. Integers (token ids passed through) and an ``embedding``
+    (embedding_outputs) of classifier shape are 'raw': their top-1 means nothing."""
     shape = output.shape
+    if not np.issubdtype(output.dtype, np.floating):
+        return "raw"
     if len(shape) == 3 and min(shape[1:]) >= 5 and max(shape[1:]) >= 8 * min(shape[1:]):
         return "detect" if _decoded_detections(output) else "raw"
     if len(shape) == 2 and shape[1] >= 10 or (len(shape) == 4 and shape[2:] == (1, 1)):
-        return "classify"
+        return "raw" if embedding else "classify"
     return "raw"
+
+
+# An output computed by one of these (past the ops below) is a feature vector, not class scores:
+# a sentence encoder's mean pooling and an L2 normalisation end in a Div by a computed tensor (a
+# Div by a constant, a temperature, does not count), a BERT pooler in a Tanh.
+NORMALISING_OPS = frozenset({"LayerNormalization", "LpNormalization", "Tanh"})
+# Ops that move, pick or pool values without changing what they are: looked past, on their first
+# input (a Concat only of one input). Add/Mul/Sub count only with a constant other operand (a decomposed
+# LayerNorm's scale and shift); a classifier's bias Add leads on to its MatMul.
+LOOKED_PAST = frozenset(
+    {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Gather",
+     "Slice", "Concat", "ReduceMean", "ReduceSum", "ReduceMax", "GlobalAveragePool",
+     "GlobalMaxPool"}
+)  # fmt: skip
+AFFINE_OPS = frozenset({"Add", "Mul", "Sub"})
+
+
+def embedding_outputs(model) -> set[str]:
+    """The graph outputs of ``model`` (a ModelProto) that are embeddings: the first op computing
+    them, looking back past LOOKED_PAST and affine ops, normalises (NORMALISING_OPS, or a Div
+    by a computed tensor). Such an output is 'raw' under task 'auto' (guess_task)."""
+    from int8kit.onnx.placement import GraphIndex
+
+    index = GraphIndex(model.graph)
+    found = set()
+    for out in index.outputs:
+        tensor, seen = out, set()
+        while tensor in index.producer and tensor not in seen:
+            seen.add(tensor)
+            node = index.producer[tensor]
+            op, inputs = node.op_type, [i for i in node.input if i]
+            if op in NORMALISING_OPS or (
+                op == "Div" and len(inputs) == 2 and not index.is_constant(inputs[1])
+            ):
+                found.add(out)
+                break
+            variable = [i for i in inputs if not index.is_constant(i)]
+            if (
+                op in LOOKED_PAST
+                and variable[:1] == inputs[:1]
+                and (op != "Concat" or len(inputs) == 1)
+            ):
+                tensor = inputs[0]
+            elif op in AFFINE_OPS and len(variable) == 1:
+                tensor = variable[0]
+            else:
+                break
+    return found
 
 
 def _decoded_detections(output: np.ndarray) -> bool:
@@ -88,13 +139,15 @@ def compare_models(
     batches: Iterable[dict[str, np.ndarray]],
     task: str = "auto",
     layout: str = "auto",
+    embeddings: Collection[str] = (),
 ) -> dict[str, dict[str, dict]]:
     """{backend label: {output name: metrics}} over all batches.
 
     Every output gets SQNR/cosine/abs errors; a detector output also box/score SQNR and mAP@0.5
     against the FP32 detections; a classifier output top-1/top-5 agreement. A backend whose
     session is a str (open_sessions: why it was refused) or whose run raises gets
-    ``{"failed": why}`` instead.
+    ``{"failed": why}`` instead. Outputs named in ``embeddings`` (embedding_outputs of the FP32
+    model) get no top-1 under task 'auto'.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -117,7 +170,8 @@ def compare_models(
                 continue
             for n in names:
                 raw[backend][n].update(ref[n], test[n])
-                t = tasks.setdefault(n, guess_task(ref[n]) if task == "auto" else task)
+                guess = guess_task(ref[n], n in embeddings) if task == "auto" else task
+                t = tasks.setdefault(n, guess)
                 stats = extra[backend].get(n)
                 if stats is None:
                     stats = _stats_for(t, layout)

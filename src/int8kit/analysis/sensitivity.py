@@ -20,14 +20,14 @@ the worst part's SQNR and ``top1`` the worst classifier output's top-1 agreement
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from int8kit._deps import require
 from int8kit.analysis.detection import split_yolo_output
-from int8kit.analysis.fidelity import TASKS, guess_task
+from int8kit.analysis.fidelity import TASKS, embedding_outputs, guess_task
 from int8kit.analysis.metrics import ClassifyStats, OutputStats
 from int8kit.calib.collector import safe_amax
 from int8kit.onnx.placement import Placement
@@ -140,10 +140,11 @@ def _weight_of(init, placement: Placement) -> bool:
 class Scorer:
     """Streaming fidelity of test outputs against reference outputs (see the module docstring)."""
 
-    def __init__(self, task: str = "auto"):
+    def __init__(self, task: str = "auto", embeddings: Collection[str] = ()):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         self.task = task
+        self.embeddings = embeddings  # outputs that get no top-1 under 'auto' (guess_task)
         self.parts: dict[str, OutputStats] = {}
         self.classify: dict[str, ClassifyStats] = {}
         self._tasks: dict[str, str] = {}
@@ -151,7 +152,9 @@ class Scorer:
     def update(self, ref: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> None:
         for name, r in ref.items():
             t = test[name]
-            task = self._tasks.setdefault(name, guess_task(r) if self.task == "auto" else self.task)
+            task = self._tasks.setdefault(
+                name, guess_task(r, name in self.embeddings) if self.task == "auto" else self.task
+            )
             if task == "detect":
                 (rb, rs), (tb, ts) = split_yolo_output(r), split_yolo_output(t)
                 self.parts.setdefault(f"{name}:box", OutputStats()).update(rb, tb)
@@ -208,6 +211,7 @@ class GatedRunner:
             dict(zip(self.names, fp32.run(self.names, f), strict=True)) for f in self.feeds
         ]
         self.task = task
+        self.embeddings = embedding_outputs(model)
         self.runs = 0
 
     def score(self, on: Iterable[str]) -> dict:
@@ -217,7 +221,7 @@ class GatedRunner:
             (f"{t}_scale", np.array(safe_amax(self.amax[t]) / 127.0, np.float32))
             for t in self.scaled
         )
-        scorer = Scorer(self.task)
+        scorer = Scorer(self.task, self.embeddings)
         for feed, ref in zip(self.feeds, self.refs, strict=True):
             out = self.session.run(self.names, {**feed, **gates})
             scorer.update(ref, dict(zip(self.names, out, strict=True)))
