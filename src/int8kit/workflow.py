@@ -322,7 +322,8 @@ class QuantizeResult:
     calibration_seconds: float = 0.0
     tensors_calibrated: int = 0
     activations_quantized: int = 0
-    weights_quantized: int = 0
+    weights_quantized: int = 0  # layers with int8 weights: a weight shared by 61 layers counts 61
+    weight_tensors_quantized: int = 0  # distinct weight tensors behind them (each stored once)
     nonfinite: dict = field(default_factory=dict)
     fidelity: dict = field(default_factory=dict)  # backend -> output -> metrics
     holdout_images: int = 0
@@ -639,7 +640,8 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         )
         qdq_model = target.finish(qdq_model)
         result.activations_quantized = summary.activations
-        result.weights_quantized = summary.weights
+        result.weights_quantized = len({node for node, _ in placement.weights})
+        result.weight_tensors_quantized = summary.weights
         if config.high_precision == "fp16":
             from int8kit.onnx.fp16 import convert_to_fp16
 

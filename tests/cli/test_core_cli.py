@@ -142,7 +142,10 @@ def test_quantize_warns_when_only_an_input_layer_exists(tmp_path, capsys):
     argv = ["quantize", path, "--calib", data, "-o", out, "--holdout", "0"]
     assert main([*argv, "--quantize-input-layers"]) == 0
     text = capsys.readouterr().out
-    assert "nothing was quantized" not in text and "Q/DQ on 1 activations and 1 weights" in text
+    assert (
+        "nothing was quantized" not in text
+        and "Q/DQ on 1 activations and the weights of 1 layer\n" in text
+    )
     assert "bias correction: 1 layers" in text
 
 

@@ -156,7 +156,8 @@ def test_a_weight_shared_through_identity_nodes_is_quantized_in_every_layer(tmp_
     path = models.save(_shared_weight_matmuls(), tmp_path / "m.onnx")
     data = DataConfig(models.save_npz(tmp_path / "d.npz", n=16, x=(1, 8, 16)))
     r = quantize_onnx(QuantizeConfig(path, str(tmp_path / "q.onnx"), data=data))
-    assert r.weights_quantized == 1  # weight tensors: the one shared by mm1, mm2, mm3
+    # layers with int8 weights: mm1, mm2, mm3 (mm0 reads the input); one tensor behind them
+    assert r.weights_quantized == 3 and r.weight_tensors_quantized == 1
     q = onnx.load(str(tmp_path / "q.onnx"))
     inits = {t.name: t for t in q.graph.initializer}
     made = {o: n for n in q.graph.node for o in n.output}
@@ -173,3 +174,20 @@ def test_a_weight_shared_through_identity_nodes_is_quantized_in_every_layer(tmp_
         t for t in q.graph.initializer if t.data_type == TensorProto.INT8 and t.dims == [16, 16]
     ]
     assert len(int8) == 1  # one int8 copy of the shared weight
+
+
+def test_the_summary_counts_layers_with_int8_weights_and_names_shared_tensors(tmp_path, capsys):
+    import json
+
+    from int8kit.cli.main import main
+
+    path = models.save(_shared_weight_matmuls(), tmp_path / "m.onnx")
+    data = models.save_npz(tmp_path / "d.npz", n=16, x=(1, 8, 16))
+    js = tmp_path / "s.json"
+    assert (
+        main(["quantize", path, "--calib", data, "-o", str(tmp_path / "q.onnx"), "--json", str(js)])
+        == 0
+    )
+    assert "and the weights of 3 layers (1 tensor shared)\n" in capsys.readouterr().out
+    summary = json.loads(js.read_text())
+    assert summary["weights_quantized"] == 3 and summary["weight_tensors_quantized"] == 1

@@ -333,6 +333,7 @@ def summary_dict(result) -> dict:
         "tensors_calibrated": result.tensors_calibrated,
         "activations_quantized": result.activations_quantized,
         "weights_quantized": result.weights_quantized,
+        "weight_tensors_quantized": result.weight_tensors_quantized,
         "nonfinite": result.nonfinite,
         "rounds_to_zero": result.rounds_to_zero,
         "holdout_images": result.holdout_images,
@@ -350,6 +351,13 @@ def summary_dict(result) -> dict:
         "target": result.target,
         "config": result.config.to_dict(),
     }
+
+
+def weights_quantized(result) -> str:
+    """'61 layers', and '(1 tensor shared)' after it when layers share their weights."""
+    layers, tensors = result.weights_quantized, result.weight_tensors_quantized
+    shared = f" ({tensors} tensor{'s' if tensors != 1 else ''} shared)" if tensors != layers else ""
+    return f"{layers} layer{'s' if layers != 1 else ''}{shared}"
 
 
 def print_summary(result, out=None) -> None:
@@ -376,8 +384,8 @@ def print_summary(result, out=None) -> None:
         if len(result.skipped_files) > 5:
             p(f"    ... and {len(result.skipped_files) - 5} more")
     qdq = (
-        f"; Q/DQ on {result.activations_quantized} activations and "
-        f"{result.weights_quantized} weights"
+        f"; Q/DQ on {result.activations_quantized} activations and the weights of "
+        f"{weights_quantized(result)}"
         if "qdq_onnx" in result.outputs
         else ""
     )

@@ -225,11 +225,13 @@ def quantize_report(
     doc = Document(f"int8kit quantize report: {Path(cfg.model).name}")
     method = result.method or cfg.calib.method
     bc = result.bias_correction.get("corrected") or []
+    tensors = result.weight_tensors_quantized
+    shared = f" ({tensors} weight tensors, shared)" if tensors != result.weights_quantized else ""
     doc.text(
         f"Model {cfg.model} -> {cfg.output}; method {method}; "
         f"{result.images_used} calibration samples; Q/DQ on {result.activations_quantized} "
-        f"activations and {result.weights_quantized} weights; biases of {len(bc)} layers "
-        f"corrected; float parts in {cfg.high_precision}."
+        f"activations and the weights of {result.weights_quantized} layers{shared}; biases of "
+        f"{len(bc)} layers corrected; float parts in {cfg.high_precision}."
     )
     if result.fidelity:
         fidelity_section(doc, result.fidelity, result.holdout_images)
