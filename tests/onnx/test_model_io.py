@@ -210,3 +210,31 @@ def test_quantize_one_channel_head_with_constant_or_computed_bias(tmp_path, bias
         assert "conv2" in bc["skipped"] and "not a constant" in bc["skipped"]["conv2"]
     else:
         assert "conv2" not in bc.get("skipped", {})
+
+
+def test_one_graph_index_serves_the_placement_rules_and_the_rewrites():
+    """placement's index (consumers with input indices, constants and their values) and the
+    rewrites' (readers, initializers, the model) are one class, from a model or its graph."""
+    from onnx import helper
+
+    from int8kit.onnx import placement, smoothquant
+
+    assert placement.GraphIndex is model_io.GraphIndex
+    assert issubclass(smoothquant._Editor, model_io.GraphIndex)
+    m = models.gemm_matmul()
+    c = helper.make_node("Constant", [], ["two"], value=numpy_helper.from_array(np.float32(2)))
+    m.graph.node.insert(0, c)
+    m.graph.node.append(helper.make_node("Mul", ["y", "two"], ["y2"], name="double"))
+    for source, model in ((m, m), (m.graph, None)):
+        index = model_io.GraphIndex(source)
+        assert index.model is model and index.graph is m.graph
+        # h is read by the Gemm, the Transpose and the Gram MatMul, at input 0 each
+        assert [(n.name, i) for n, i in index.consumers["h"]] == [
+            ("gemm", 0), ("t", 0), ("gram", 0)
+        ]  # fmt: skip
+        assert [n.name for n in index.readers["ht"]] == ["gram"]
+        assert index.producer["a"].name == "bias" and index.inits is index.initializers
+        assert index.is_constant("two") and index.is_constant("wm") and not index.is_constant("h")
+        assert float(index.value("two")) == 2.0 and index.value("h") is None
+        assert index.value("bm").tolist() == [np.float32(0.1)] * 8
+        assert index.only_read_by("ht", {"gram"}) and not index.only_read_by("y", {"double"})

@@ -16,8 +16,9 @@ from transformer_models import attention_block, attention_data
 
 from int8kit.analysis.fidelity import compare_models, failure, open_sessions
 from int8kit.analysis.lint import has_errors, lint
+from int8kit.onnx.model_io import GraphIndex
 from int8kit.onnx.observe import make_session
-from int8kit.onnx.placement import GraphIndex, PlacementConfig, mask_path, plan
+from int8kit.onnx.placement import PlacementConfig, mask_path, plan
 from int8kit.onnx.qdq import ORT_GENERATED, insert_qdq
 
 MASK_TENSORS = {"m3", "mf", "inv", "neg", "fill"}

@@ -14,7 +14,8 @@ import numpy as np
 
 from int8kit._deps import require
 from int8kit.onnx import rules as R
-from int8kit.onnx.placement import GraphIndex, mask_path, residual_identity_input
+from int8kit.onnx.model_io import GraphIndex
+from int8kit.onnx.placement import mask_path, residual_identity_input
 
 SEVERITIES = ("error", "warning", "info")
 

@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -338,25 +339,57 @@ def insert_before_readers(graph, node, tensor: str, readers, first_input_only: b
 
 
 class GraphIndex:
-    """Lookups over a graph that an in-place rewrite reads: initializers by name, the node
-    producing each tensor, the nodes reading it, the graph outputs. Built once; a rewrite that
-    inserts nodes builds a new one (onnx/smoothquant.py, onnx/dwequalize.py)."""
+    """Lookups over a graph's top level, built once: the node producing each tensor, the nodes
+    reading it (``consumers``: (node, input index) pairs; ``readers``: the nodes alone), the
+    initializers (also ``inits``), the constants (initializers and Constant outputs) and their
+    values, the graph's inputs and outputs. The placement rules read it (onnx/placement.py,
+    onnx/targets_ort.py, analysis/lint.py); in-place rewrites subclass it (onnx/smoothquant.py,
+    onnx/dwequalize.py, onnx/center.py) and build a new one once they insert nodes.
+    ``source`` is a ModelProto or a GraphProto (``model`` is then None)."""
 
-    def __init__(self, model):
+    def __init__(self, source):
         from onnx import numpy_helper
 
-        self.model = model
-        self.graph = model.graph
-        self.inits = {i.name: i for i in self.graph.initializer}
-        self.producer = {o: n for n in self.graph.node for o in n.output if o}
-        self.readers: dict[str, list] = {}
-        for n in self.graph.node:
-            for name in n.input:
+        self.graph = getattr(source, "graph", source)
+        self.model = source if self.graph is not source else None
+        self.nodes = list(self.graph.node)
+        self.producer = {o: n for n in self.nodes for o in n.output if o}
+        self.consumers: dict[str, list[tuple[object, int]]] = defaultdict(list)
+        for n in self.nodes:
+            for i, name in enumerate(n.input):
                 if name:
-                    self.readers.setdefault(name, []).append(n)
+                    self.consumers[name].append((n, i))
+        self.readers = {t: [n for n, _ in edges] for t, edges in self.consumers.items()}
+        self.initializers = {i.name: i for i in self.graph.initializer}
+        self.inits = self.initializers  # one dict: a rewrite's new initializers show in both
+        self.constants = set(self.initializers) | {
+            o for n in self.nodes if n.op_type == "Constant" for o in n.output
+        }
         self.outputs = {o.name for o in self.graph.output}
+        self.inputs = {i.name for i in self.graph.input}
         self.to_array = numpy_helper.to_array
         self.from_array = numpy_helper.from_array
+        self._values: dict[str, np.ndarray | None] = {}
+
+    def is_constant(self, name: str) -> bool:
+        return name in self.constants
+
+    def value(self, name: str) -> np.ndarray | None:
+        """The value of a constant tensor (initializer or Constant node), else None; read once
+        and kept (a rewrite that changes a constant reads it with to_array instead)."""
+        if name not in self._values:
+            from onnx import helper
+
+            v = None
+            if name in self.initializers:
+                v = self.to_array(self.initializers[name])
+            elif name in self.constants:
+                a = next((a for a in self.producer[name].attribute), None)
+                v = helper.get_attribute_value(a) if a and a.name.startswith("value") else None
+                v = self.to_array(v) if hasattr(v, "data_type") else v
+                v = None if v is None else np.asarray(v)
+            self._values[name] = v
+        return self._values[name]
 
     def only_read_by(self, tensor: str, names: set[str]) -> bool:
         """``tensor`` is no graph output and only nodes named in ``names`` read it."""

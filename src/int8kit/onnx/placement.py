@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from int8kit.errors import ModelError
 from int8kit.onnx import rules as R
+from int8kit.onnx.model_io import GraphIndex
 
 
 @dataclass
@@ -75,47 +75,6 @@ class Placement:
     # tensor -> tensor whose quantization parameters it shares (the output of an op that only
     # moves values, so ONNX Runtime drops its DQ/Q: onnx/targets_ort.py)
     tied: dict[str, str] = field(default_factory=dict)
-
-
-class GraphIndex:
-    """Producers, consumers and constants of a graph's top level."""
-
-    def __init__(self, graph):
-        self.graph = graph
-        self.nodes = list(graph.node)
-        self.producer = {o: n for n in self.nodes for o in n.output if o}
-        self.consumers: dict[str, list[tuple[object, int]]] = defaultdict(list)
-        for n in self.nodes:
-            for i, name in enumerate(n.input):
-                if name:
-                    self.consumers[name].append((n, i))
-        self.initializers = {i.name: i for i in graph.initializer}
-        self.constants = set(self.initializers) | {
-            o for n in self.nodes if n.op_type == "Constant" for o in n.output
-        }
-        self.outputs = {o.name for o in graph.output}
-        self.inputs = {i.name for i in graph.input}
-        self.position = {n.name or id(n): k for k, n in enumerate(self.nodes)}
-        self._values: dict[str, np.ndarray | None] = {}
-
-    def is_constant(self, name: str) -> bool:
-        return name in self.constants
-
-    def value(self, name: str) -> np.ndarray | None:
-        """The value of a constant tensor (initializer or Constant node), else None."""
-        if name not in self._values:
-            from onnx import helper, numpy_helper
-
-            v = None
-            if name in self.initializers:
-                v = numpy_helper.to_array(self.initializers[name])
-            elif name in self.constants:
-                a = next((a for a in self.producer[name].attribute), None)
-                v = helper.get_attribute_value(a) if a and a.name.startswith("value") else None
-                v = numpy_helper.to_array(v) if hasattr(v, "data_type") else v
-                v = None if v is None else np.asarray(v)
-            self._values[name] = v
-        return self._values[name]
 
 
 def _attrs(node) -> dict:
