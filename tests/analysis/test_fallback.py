@@ -108,3 +108,160 @@ def test_shortfall_orders_held_out_states_by_distance_to_the_target():
     b = {"sqnr_db": 19.0, "top1": 0.99, "nsr": 0.012}
     assert shortfall(t, a)[0] == pytest.approx(0.3) and shortfall(t, b)[0] == pytest.approx(0.1)
     assert min([a, b], key=lambda m: shortfall(t, m)) is b
+
+
+def _bias_corrected(m, placement, amax, calib):
+    from int8kit.onnx.bias import bias_correct
+
+    return bias_correct(m, placement, calib, amax=amax)
+
+
+def _run(model, feed, optimize=False):
+    from int8kit.onnx.observe import make_session
+
+    return make_session(model, optimize=optimize).run(None, feed)[0]
+
+
+def test_gated_bias_shifts_give_the_written_model_of_each_subset(setup):
+    from int8kit.analysis.fallback import correction_shifts
+    from int8kit.analysis.sensitivity import exclude_patterns, gated_model
+    from int8kit.onnx.placement import PlacementConfig
+    from int8kit.onnx.qdq import insert_qdq
+
+    m, placement, amax, calib, holdout = setup
+    corrected, summary = _bias_corrected(m, placement, amax, calib)
+    shifts = correction_shifts(m, corrected, summary.corrected)
+    assert sorted(shifts) == ["conv1", "conv2", "conv3", "conv4"]  # none had a bias: all added
+    assert shifts["conv3"].shape == (8, 1, 1) and np.abs(shifts["conv3"]).max() > 0
+    gated, gates = gated_model(m, placement, amax, shifts)
+    feed = holdout[0]
+    on = {g: np.array(True) for g in gates.values()}
+    full = _run(insert_qdq(corrected, placement, amax)[0], feed)
+    assert np.allclose(_run(gated, {**feed, **on}), full, rtol=0, atol=1e-5)
+    # conv3 float: its shift is off, the others' are what a correction without it computes
+    p2 = plan(m, PlacementConfig(exclude=exclude_patterns([BAD])))
+    skip = _run(insert_qdq(_bias_corrected(m, p2, amax, calib)[0], p2, amax)[0], feed)
+    assert np.allclose(_run(gated, {**feed, **on, gates[BAD]: np.array(False)}), skip, atol=1e-5)
+    # without the shifts the same subset is farther from the written model
+    plain_gated, _ = gated_model(m, placement, amax)
+    assert np.abs(_run(plain_gated, {**feed, **on}) - full).max() > 1e-3
+    off = {g: np.array(False) for g in gates.values()}
+    assert np.array_equal(_run(gated, {**feed, **off}), _run(m, feed))
+
+
+def test_the_fallback_checks_the_bias_corrected_model_it_writes(setup):
+    from int8kit.analysis.fallback import correction_shifts
+    from int8kit.analysis.sensitivity import Scorer
+    from int8kit.onnx.qdq import insert_qdq
+
+    m, placement, amax, calib, holdout = setup
+    corrected, summary = _bias_corrected(m, placement, amax, calib)
+    shifts = correction_shifts(m, corrected, summary.corrected)
+    qdq = insert_qdq(corrected, placement, amax)[0]
+    scorer = Scorer()
+    for feed in holdout:
+        scorer.update({"y": _run(m, feed)}, {"y": _run(qdq, feed)})
+    written = scorer.result()["sqnr_db"]
+    r, _ = find_fallback(
+        m, amax, placement, calib, holdout, Target(sqnr_db=99), correction=lambda _: shifts
+    )
+    plain, _ = find_fallback(m, amax, placement, calib, holdout, Target(sqnr_db=99))
+    assert r.before["sqnr_db"] == pytest.approx(written, abs=0.01)
+    assert abs(plain.before["sqnr_db"] - written) > 0.1
+
+
+def near_tie_classifier():
+    """x(N,8) -> Gemm -> Relu -> Gemm -> logits(N,4); classes 0 and 1 have weights 1e-4 apart,
+    so every sample is a near-tie between them (FP32 margin ~1e-4)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    w1 = rng.standard_normal((16, 8)).astype(np.float32)
+    w2 = rng.standard_normal((4, 16)).astype(np.float32)
+    w2[0] = np.abs(w2[0]) + 1  # classes 0/1 win every sample
+    w2[1] = w2[0] + 1e-4 * rng.standard_normal(16).astype(np.float32)
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Gemm", ["r", "w2"], ["logits"], name="fc2", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "near_tie",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    data = [{"x": rng.standard_normal((1, 8)).astype(np.float32)} for _ in range(24)]
+    return m, data
+
+
+def test_a_top1_miss_on_near_ties_says_so_in_figures():
+    from int8kit.onnx.qdq import insert_qdq
+
+    m, data = near_tie_classifier()
+    placement = plan(m)
+    amax = {"x": 4.0, "r": 40.0}  # coarse: the margin noise is far above 1e-4
+    holdout = data[12:]
+    r, _ = find_fallback(
+        m, amax, placement, data[:12], holdout, Target(top1=1.0), task="classify", max_float=0
+    )
+    ref = np.concatenate([_run(m, f) for f in holdout])
+    test = np.concatenate([_run(insert_qdq(m, placement, amax)[0], f) for f in holdout])
+    flipped = int((ref.argmax(1) != test.argmax(1)).sum())
+    assert flipped > 0 and not r.reached and r.excluded == []
+    f = r.flips
+    assert f["samples"] == 12 and f["flipped"] == flipped == len(f["flip_margins"])
+    assert r.before["top1"] == pytest.approx(1 - flipped / 12)
+    assert max(f["flip_margins"]) < 1e-3 and 2 * max(f["flip_margins"]) < f["margin_noise"]
+    assert "all are near-ties" in r.why and f"{flipped} of 12 held-out samples" in r.why
+
+
+def test_explain_tells_near_ties_from_flips_more_float_could_fix():
+    from int8kit.analysis.fallback import explain
+
+    t = Target(top1=0.99)
+    before = {"sqnr_db": 20.0, "top1": 0.9, "nsr": 0.01}
+    after = {"sqnr_db": 23.0, "top1": 0.94, "nsr": 0.005}
+    ties = {"samples": 32, "flipped": 2, "flip_margins": [0.01, 0.02], "median_margin": 1.0}
+    text = explain(t, before, after, {**ties, "margin_noise": 0.2}, 3)
+    assert "all are near-ties" in text and "about 20 dB less noise" in text  # 20 log10(0.2/0.02)
+    assert "from 20.0 to 23.0 dB with 3 float layers" in text
+    text = explain(t, before, after, {**ties, "margin_noise": 0.015}, 3)
+    assert "1 are near-ties, 1 are not" in text and "--max-float-layers" in text
+    assert explain(t, before, {**after, "top1": 1.0}, {}, 3) == ""
+
+
+@pytest.mark.parametrize("max_float", [0, 1])
+def test_quantize_checks_the_model_it_writes_with_bias_correction(tmp_path, max_float):
+    """quantize_onnx: the fallback's held-out result is the written (bias-corrected) model's
+    held-out fidelity, with no layer float and with the one float layer the budget allows."""
+    import onnx
+    from test_sensitivity import outlier_chain
+
+    from int8kit.data import DataConfig
+    from int8kit.workflow import QuantizeConfig, quantize_onnx
+
+    onnx.save(outlier_chain(), tmp_path / "m.onnx")
+    x = np.random.default_rng(3).standard_normal((48, 4, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    config = QuantizeConfig(
+        str(tmp_path / "m.onnx"),
+        str(tmp_path / "q.onnx"),
+        data=DataConfig(source=str(tmp_path / "x.npy")),
+        holdout=8,
+        target_sqnr=99.0,
+        max_float_layers=max_float,
+    )
+    r = quantize_onnx(config)
+    fb = r.fallback
+    assert r.bias_correction.get("corrected") and not fb["reached"]
+    assert len(fb["excluded"]) == max_float
+    written = next(iter(r.fidelity["trt-like"].values()))["sqnr_db"]
+    assert fb["after"]["sqnr_db"] == pytest.approx(written, abs=0.05)
+    assert fb["why"].startswith("the budget is spent") and "sqnr_db" in fb["missed"]

@@ -20,7 +20,7 @@ the worst part's SQNR and ``top1`` the worst classifier output's top-1 agreement
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -90,11 +90,13 @@ def exclude_patterns(nodes: Iterable[str]) -> list[str]:
     return [f"^{re.escape(n)}$" for n in nodes]
 
 
-def gated_model(model, placement: Placement, amax: dict[str, float]):
+def gated_model(model, placement: Placement, amax: dict[str, float], shifts=None):
     """(Q/DQ model whose layers are switched by boolean inputs, {layer node: gate input name}).
 
     Feeding ``True`` to a layer's gate gives its consumers the dequantized values, ``False`` the
-    float ones; all gates True is the Q/DQ model of ``placement``, all False the FP32 model."""
+    float ones; all gates True is the Q/DQ model of ``placement``, all False the FP32 model.
+    ``shifts``: {layer node: array added to its output (broadcast), e.g. bias correction's
+    per-channel shift} while the layer's gate is True: a float layer gets no correction."""
     require("onnx")
     from onnx import TensorProto, helper
 
@@ -126,11 +128,34 @@ def gated_model(model, placement: Placement, amax: dict[str, float]):
             )
             node.input[i] = gated
         nodes.append(node)
+        if node.name in (shifts or {}) and node.name in gates:
+            nodes.extend(_gated_shift(g, node, gates[node.name], shifts[node.name]))
     del g.node[:]
     g.node.extend(nodes)
     for gate in gates.values():
         g.input.append(helper.make_tensor_value_info(gate, TensorProto.BOOL, []))
     return qdq, gates
+
+
+def _gated_shift(graph, node, gate: str, shift: np.ndarray) -> list:
+    """Nodes adding ``Where(gate, shift, 0)`` to ``node``'s first output (renamed)."""
+    from onnx import helper, numpy_helper
+
+    y = node.output[0]
+    node.output[0] = f"{y}__unshifted"
+    shift = np.asarray(shift, np.float32)
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(shift, f"{y}__shift"),
+            numpy_helper.from_array(np.zeros_like(shift), f"{y}__no_shift"),
+        ]
+    )
+    return [
+        helper.make_node("Where", [gate, f"{y}__shift", f"{y}__no_shift"], [f"{y}__gated_shift"]),
+        helper.make_node(
+            "Add", [node.output[0], f"{y}__gated_shift"], [y], name=f"{node.name}_shift"
+        ),
+    ]
 
 
 def _weight_of(init, placement: Placement) -> bool:
@@ -186,13 +211,14 @@ def merge_samples(batches: Iterable[dict[str, np.ndarray]], session) -> list[dic
 
 class GatedRunner:
     """One gated session and the FP32 references of a fixed list of samples: ``score(on)``
-    returns the fidelity with exactly the layers in ``on`` quantized."""
+    returns the fidelity with exactly the layers in ``on`` quantized (``shifts``: see
+    `gated_model`; the FP32 references are ``model``'s own)."""
 
-    def __init__(self, model, placement, amax, batches, task: str = "auto", scaled=()):
+    def __init__(self, model, placement, amax, batches, task: str = "auto", scaled=(), shifts=None):
         from int8kit.onnx.observe import make_session
         from int8kit.onnx.search import _scales_as_inputs
 
-        gated, self.gates = gated_model(model, placement, amax)
+        gated, self.gates = gated_model(model, placement, amax, shifts)
         # Activations in ``scaled`` take their scale from ``self.amax`` at each run, so a range
         # can be changed without rebuilding the session.
         self.scaled = [t for t in placement.activations if t in set(scaled)]
@@ -214,18 +240,23 @@ class GatedRunner:
         self.embeddings = embedding_outputs(model)
         self.runs = 0
 
-    def score(self, on: Iterable[str]) -> dict:
+    def outputs(self, on: Iterable[str]) -> Iterator[tuple[dict, dict]]:
+        """(FP32 reference, outputs) per merged batch, with the layers in ``on`` quantized."""
         on = set(on)
         gates = {g: np.array(node in on) for node, g in self.gates.items()}
         gates.update(
             (f"{t}_scale", np.array(safe_amax(self.amax[t]) / 127.0, np.float32))
             for t in self.scaled
         )
-        scorer = Scorer(self.task, self.embeddings)
+        self.runs += 1
         for feed, ref in zip(self.feeds, self.refs, strict=True):
             out = self.session.run(self.names, {**feed, **gates})
-            scorer.update(ref, dict(zip(self.names, out, strict=True)))
-        self.runs += 1
+            yield ref, dict(zip(self.names, out, strict=True))
+
+    def score(self, on: Iterable[str]) -> dict:
+        scorer = Scorer(self.task, self.embeddings)
+        for ref, out in self.outputs(on):
+            scorer.update(ref, out)
         return scorer.result()
 
 

@@ -511,6 +511,8 @@ def _print_fallback(fb: dict, p) -> None:
             f"    MISSED {name}: {fmt(m['reached'])}{unit} < {fmt(m['target'])}{unit} with the "
             f"budget of {fb['max_float']} float layers spent (--max-float-layers to allow more)"
         )
+    if fb.get("why"):
+        p(f"    why: {fb['why']}")
     if fb["exclude"]:
         p("    reproduce without the search:")
         p("      " + " ".join(f"--exclude '{x}'" for x in fb["exclude"]))
