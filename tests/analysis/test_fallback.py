@@ -265,3 +265,46 @@ def test_quantize_checks_the_model_it_writes_with_bias_correction(tmp_path, max_
     written = next(iter(r.fidelity["trt-like"].values()))["sqnr_db"]
     assert fb["after"]["sqnr_db"] == pytest.approx(written, abs=0.05)
     assert fb["why"].startswith("the budget is spent") and "sqnr_db" in fb["missed"]
+
+
+def _matmul_add_classifier():
+    """The near-tie classifier with its second layer as MatMul + Add (a bias to shift)."""
+    from onnx import helper, numpy_helper
+
+    m, data = near_tie_classifier()
+    g = m.graph
+    w2 = numpy_helper.to_array(next(i for i in g.initializer if i.name == "w2"))
+    g.initializer.remove(next(i for i in g.initializer if i.name == "w2"))
+    g.initializer.extend(
+        [numpy_helper.from_array(w2.T.copy(), "w2t"), numpy_helper.from_array(w2[:, 0], "b2")]
+    )
+    g.node.pop()
+    g.node.extend(
+        [
+            helper.make_node("MatMul", ["r", "w2t"], ["mm"], name="fc2"),
+            helper.make_node("Add", ["mm", "b2"], ["logits"], name="fc2_add"),
+        ]
+    )
+    return m, data
+
+
+@pytest.mark.parametrize("build", [near_tie_classifier, _matmul_add_classifier])
+def test_correction_shifts_of_gemm_and_matmul_give_the_corrected_model(build):
+    from int8kit.analysis.fallback import correction_shifts
+    from int8kit.analysis.sensitivity import gated_model
+    from int8kit.onnx.qdq import insert_qdq
+
+    m, data = build()
+    placement = plan(m)
+    amax = {"x": 4.0, "r": 40.0}
+    corrected, summary = _bias_corrected(m, placement, amax, data)
+    shifts = correction_shifts(m, corrected, summary.corrected)
+    assert sorted(shifts) == ["fc1", "fc2"] and shifts["fc2"].shape == (4,)
+    gated, gates = gated_model(m, placement, amax, shifts)
+    feed = {"x": np.concatenate([d["x"] for d in data])}
+    on = {g: np.array(True) for g in gates.values()}
+    want = _run(insert_qdq(corrected, placement, amax)[0], feed)
+    assert np.allclose(_run(gated, {**feed, **on}), want, rtol=0, atol=1e-5)
+    assert not np.allclose(
+        _run(gated_model(m, placement, amax)[0], {**feed, **on}), want, atol=1e-3
+    )
