@@ -147,7 +147,10 @@ def compare_models(
     against the FP32 detections; a classifier output top-1/top-5 agreement. A backend whose
     session is a str (open_sessions: why it was refused) or whose run raises gets
     ``{"failed": why}`` instead. Outputs named in ``embeddings`` (embedding_outputs of the FP32
-    model) get no top-1 under task 'auto'.
+    model) get no top-1 under task 'auto'. An output whose shape depends on the values (an
+    autoregressive decoder that stops at its end token, a NonZero/Compress) may come out of the
+    INT8 model another length: it is compared on the part both have, and its metrics say on how
+    many of how many batches the shape differed (``shape_differs``, ``batches``).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -156,8 +159,11 @@ def compare_models(
     raw = {b: {n: OutputStats() for n in names} for b in int8_sessions}
     extra: dict[str, dict[str, object]] = {b: {} for b in int8_sessions}
     tasks: dict[str, str] = {}
+    differs = {b: dict.fromkeys(names, 0) for b in int8_sessions}
     failed = {b: s for b, s in int8_sessions.items() if isinstance(s, str)}
+    n_batches = 0
     for batch in batches:
+        n_batches += 1
         feed = {k: v for k, v in batch.items() if k in inputs}
         ref = dict(zip(names, fp32_session.run(names, feed), strict=True))
         for backend, session in int8_sessions.items():
@@ -169,6 +175,12 @@ def compare_models(
                 failed[backend] = f"ONNX Runtime could not run the model: {_why(exc)}"
                 continue
             for n in names:
+                if np.shape(ref[n]) != np.shape(test[n]):  # a data-dependent length
+                    differs[backend][n] += 1
+                    common = _common_part(ref[n], test[n])
+                    if common is not None:
+                        raw[backend][n].update(*common)
+                    continue  # top-1 and mAP need the same rows on both sides
                 raw[backend][n].update(ref[n], test[n])
                 guess = guess_task(ref[n], n in embeddings) if task == "auto" else task
                 t = tasks.setdefault(n, guess)
@@ -190,5 +202,17 @@ def compare_models(
             r["task"] = tasks.get(n, "raw")
             if n in extra[backend]:
                 r.update(extra[backend][n].result())
+            if differs[backend][n]:
+                r.update(shape_differs=differs[backend][n], batches=n_batches)
             out[backend][n] = r
     return out
+
+
+def _common_part(ref, test) -> tuple[np.ndarray, np.ndarray] | None:
+    """Both arrays cut to the leading part they share (the smaller size on every axis), or None
+    when their ranks differ."""
+    ref, test = np.asarray(ref), np.asarray(test)
+    if ref.ndim != test.ndim:
+        return None
+    part = tuple(slice(0, min(a, b)) for a, b in zip(ref.shape, test.shape, strict=True))
+    return ref[part], test[part]

@@ -58,6 +58,11 @@ def print_fidelity(fidelity: dict, holdout_samples: int, p: Print) -> None:
                     f"top-1 agree {fmt(m['top1_agreement'])}",
                     f"top-5 overlap {fmt(m['topk_overlap'])}",
                 ]
+            if m.get("shape_differs"):
+                parts.append(
+                    f"shape differs from FP32 on {m['shape_differs']} of {m['batches']} batches "
+                    "(a data-dependent length; compared on the common part)"
+                )
             p(f"    {backend:9s} {name}: " + ", ".join(parts) + f"   [{label}]")
 
 
