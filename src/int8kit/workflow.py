@@ -519,7 +519,7 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         result.target.update(prepared)
     placement = target.plan(model, config.placement) if config.write_qdq else None
     if placement is not None:
-        from int8kit.onnx.model_io import subgraph_layers
+        from int8kit.onnx.model_io import foreign_ops, subgraph_layers
 
         hidden = subgraph_layers(model)
         if hidden:
@@ -527,6 +527,19 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
                 f"{hidden} Conv/ConvTranspose/Gemm/MatMul layers inside If/Loop/Scan bodies stay "
                 "float: int8kit quantizes the main graph only; export the model without control "
                 "flow (one branch, e.g. a fixed sample rate) to quantize them"
+            )
+            log.warning(warning)
+            result.target["warnings"].append(warning)
+        foreign = foreign_ops(model) if target.name == "tensorrt" else {}
+        if foreign:
+            listed = ", ".join(f"{k} x{v}" for k, v in sorted(foreign.items()))
+            warning = (
+                f"the model holds operators outside standard ONNX ({listed}): TensorRT's ONNX "
+                "parser has no importer for them (only plugins you provide), and int8kit "
+                "leaves them and the weights inside them float, so the Q/DQ model runs on ONNX "
+                "Runtime only; for TensorRT, quantize the model as exported, before ONNX "
+                "Runtime's transformer optimizer (optimum's ORTOptimizer, optimize_model) fused "
+                "its layers"
             )
             log.warning(warning)
             result.target["warnings"].append(warning)

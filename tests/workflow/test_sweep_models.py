@@ -191,3 +191,41 @@ def test_the_summary_counts_layers_with_int8_weights_and_names_shared_tensors(tm
     assert "and the weights of 3 layers (1 tensor shared)\n" in capsys.readouterr().out
     summary = json.loads(js.read_text())
     assert summary["weights_quantized"] == 3 and summary["weight_tensors_quantized"] == 1
+
+
+def _mlp_with_a_contrib_gelu() -> onnx.ModelProto:
+    """x -> MatMul -> com.microsoft BiasGelu -> MatMul -> y: what ONNX Runtime's transformer
+    optimizer leaves of a BERT FFN (the zoo's MiniLM through it: Attention,
+    SkipLayerNormalization, EmbedLayerNormalization, BiasGelu)."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m"], name="fc1"),
+        helper.make_node("BiasGelu", ["m", "b1"], ["g"], name="gelu", domain="com.microsoft"),
+        helper.make_node("MatMul", ["g", "w2"], ["y"], name="fc2"),
+    ]
+    inits = [
+        models.weight("w1", (16, 32), 41),
+        onnx.numpy_helper.from_array(np.linspace(-0.5, 0.5, 32).astype(np.float32), "b1"),
+        models.weight("w2", (32, 8), 42),
+    ]
+    graph = helper.make_graph(
+        nodes, "ffn", [models.value("x", ("N", 16))], [models.value("y", ("N", 8))], inits
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    m = helper.make_model(graph, opset_imports=opsets)
+    m.ir_version = 8
+    return m
+
+
+def test_contrib_ops_are_named_as_what_tensorrt_cannot_run(tmp_path):
+    """The default target is TensorRT, whose ONNX parser imports no com.microsoft op: the run
+    finishes (ONNX Runtime runs the Q/DQ model) and says so, naming the ops and the way out."""
+    path = models.save(_mlp_with_a_contrib_gelu(), tmp_path / "m.onnx")
+    data = DataConfig(models.save_npz(tmp_path / "d.npz", n=24, x=(1, 16)))
+    r = quantize_onnx(QuantizeConfig(path, str(tmp_path / "q.onnx"), data=data, holdout=4))
+    said = [w for w in r.target["warnings"] if "outside standard ONNX" in w]
+    assert len(said) == 1 and "com.microsoft:BiasGelu x1" in said[0]
+    assert "before ONNX Runtime's transformer optimizer" in said[0]
+    assert r.weights_quantized == 1  # fc2 (fc1 reads the network input)
+    assert r.fidelity["trt-like"]["y"]["cosine"] > 0.99
+    ort = QuantizeConfig(path, str(tmp_path / "o.onnx"), data=data, holdout=4, target="ort-cpu")
+    assert not [w for w in quantize_onnx(ort).target["warnings"] if "outside standard" in w]

@@ -118,6 +118,19 @@ def subgraph_layers(model, op_types=("Conv", "ConvTranspose", "Gemm", "MatMul"))
     return sum(n.op_type in op_types for g in all_graphs(model.graph) for n in g.node) - main
 
 
+def foreign_ops(model) -> dict[str, int]:
+    """{"domain:op_type": count} of the nodes (subgraphs too) outside the standard ONNX domains:
+    ONNX Runtime's contrib ops (com.microsoft Attention, SkipLayerNormalization, ... that its
+    transformer optimizer fuses), ai.onnx.ml, custom ops."""
+    counts: dict[str, int] = {}
+    for g in all_graphs(model.graph):
+        for n in g.node:
+            if n.domain not in ("", "ai.onnx"):
+                key = f"{n.domain}:{n.op_type}"
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def constants_to_initializers(model) -> int:
     """Move the floating-point tensors of ``Constant`` nodes (``value`` attribute, 2 elements or
     more) of the main graph into initializers of the same name, in place; returns how many moved.
