@@ -434,19 +434,24 @@ def _load(config: QuantizeConfig):
 
 def normalize_model(model, path) -> tuple:
     """``model`` (just loaded from ``path``) as quantize reads it, in place, same function:
-    unique node names, weights in Constant nodes as initializers (paddle2onnx), shared weights
-    read through Identity nodes as the initializer itself (TorchScript), an FP16 model computed
-    in FP32. Returns (model, input specs, warnings). ``sensitivity`` reads a model the same way,
-    so that both plan the same layers."""
+    unique node names, weights listed as graph inputs as constants (IR 3, old exports), weights
+    in Constant nodes as initializers (paddle2onnx), shared weights read through Identity nodes
+    as the initializer itself (TorchScript), an FP16 model computed in FP32. Returns (model,
+    input specs, warnings). ``sensitivity`` reads a model the same way, so that both plan the
+    same layers."""
     from int8kit.onnx.model_io import (
         bypass_initializer_identities,
         constants_to_initializers,
+        initializers_out_of_inputs,
         input_specs,
     )
     from int8kit.onnx.placement import node_names_unique
     from int8kit.onnx.upcast import upcast_fp16
 
     node_names_unique(model)
+    listed = initializers_out_of_inputs(model)  # weights listed as inputs (IR 3, old exports)
+    if listed:
+        log.info("%d initializers listed as graph inputs read as constants (same function)", listed)
     moved = constants_to_initializers(model)  # weights in Constant nodes (paddle2onnx)
     if moved:
         log.info("%d Constant nodes read as initializers (same function)", moved)

@@ -229,3 +229,30 @@ def test_contrib_ops_are_named_as_what_tensorrt_cannot_run(tmp_path):
     assert r.fidelity["trt-like"]["y"]["cosine"] > 0.99
     ort = QuantizeConfig(path, str(tmp_path / "o.onnx"), data=data, holdout=4, target="ort-cpu")
     assert not [w for w in quantize_onnx(ort).target["warnings"] if "outside standard" in w]
+
+
+def _ir3(m: onnx.ModelProto) -> onnx.ModelProto:
+    """``m`` as IR 3 exporters wrote it (caffe2, the ONNX model zoo's opset 7-9 classics): every
+    initializer also a graph input."""
+    m.ir_version = 3
+    m.graph.input.extend(
+        helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
+        for i in m.graph.initializer
+    )
+    m.opset_import[0].version = 9
+    return m
+
+
+def test_an_ir3_model_with_its_weights_listed_as_inputs_is_quantized(tmp_path):
+    """onnx's light_resnet50: the writer's new initializers (scales) were no graph inputs, and
+    the checker refused the Q/DQ model ('r2_scale in initializer but not in graph input')."""
+    fp32 = _ir3(models.conv_bn_relu_chain())
+    onnx.checker.check_model(fp32)
+    path = models.save(fp32, tmp_path / "m.onnx")
+    data = DataConfig(models.save_npz(tmp_path / "d.npz", n=24, x=(1, 3, 8, 8)))
+    r = quantize_onnx(QuantizeConfig(path, str(tmp_path / "q.onnx"), data=data, holdout=4))
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    onnx.checker.check_model(q)
+    assert [i.name for i in q.graph.input] == ["x"]  # the weights are constants, not inputs
+    assert r.weights_quantized == 2  # conv2 and fc (conv1 reads the network input)
+    assert min(m["cosine"] for m in r.fidelity["trt-like"].values()) > 0.99

@@ -118,6 +118,26 @@ def subgraph_layers(model, op_types=("Conv", "ConvTranspose", "Gemm", "MatMul"))
     return sum(n.op_type in op_types for g in all_graphs(model.graph) for n in g.node) - main
 
 
+def initializers_out_of_inputs(model) -> int:
+    """Drop from the main graph's inputs the names that are initializers too, in place; returns
+    how many. Old exporters (IR 3, where every initializer had to be an input: caffe2, the ONNX
+    model zoo's opset 7-9 classics; torch's keep_initializers_as_inputs) list every weight as an
+    input that may be fed: ONNX Runtime then treats none of them as constant (its
+    remove_initializer_from_input tool does the same as this), and a writer that adds
+    initializers (scales, int8 weights) to an IR 3 model without inputs for them writes a model
+    the checker refuses. The model is raised to IR 4 where it was older. Same function unless a
+    caller feeds a weight."""
+    inits = {i.name for i in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in inits]
+    dropped = len(model.graph.input) - len(keep)
+    if dropped:
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+    if model.ir_version and model.ir_version < 4:
+        model.ir_version = 4
+    return dropped
+
+
 def foreign_ops(model) -> dict[str, int]:
     """{"domain:op_type": count} of the nodes (subgraphs too) outside the standard ONNX domains:
     ONNX Runtime's contrib ops (com.microsoft Attention, SkipLayerNormalization, ... that its
