@@ -442,6 +442,7 @@ def normalize_model(model, path) -> tuple:
     from int8kit.onnx.model_io import (
         bypass_initializer_identities,
         constants_to_initializers,
+        fills_to_initializers,
         initializers_out_of_inputs,
         input_specs,
     )
@@ -452,6 +453,9 @@ def normalize_model(model, path) -> tuple:
     listed = initializers_out_of_inputs(model)  # weights listed as inputs (IR 3, old exports)
     if listed:
         log.info("%d initializers listed as graph inputs read as constants (same function)", listed)
+    filled = fills_to_initializers(model)  # weights made by ConstantOfShape (ONNX test models)
+    if filled:
+        log.info("%d ConstantOfShape weights read as initializers (same function)", filled)
     moved = constants_to_initializers(model)  # weights in Constant nodes (paddle2onnx)
     if moved:
         log.info("%d Constant nodes read as initializers (same function)", moved)

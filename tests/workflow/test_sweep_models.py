@@ -256,3 +256,19 @@ def test_an_ir3_model_with_its_weights_listed_as_inputs_is_quantized(tmp_path):
     assert [i.name for i in q.graph.input] == ["x"]  # the weights are constants, not inputs
     assert r.weights_quantized == 2  # conv2 and fc (conv1 reads the network input)
     assert min(m["cosine"] for m in r.fidelity["trt-like"].values()) > 0.99
+
+
+def test_a_weight_made_by_constant_of_shape_is_quantized(tmp_path):
+    """onnx's light test models make every weight with ConstantOfShape: the layers got int8
+    activations and float weights ('the weights of 0 layers')."""
+    m = models.conv_bn_relu_chain()
+    w2 = next(i for i in m.graph.initializer if i.name == "w2")
+    m.graph.initializer.remove(w2)
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.array([4, 4, 3, 3]), "w2_shape"))
+    fill = onnx.numpy_helper.from_array(np.array([0.05], np.float32))
+    m.graph.node.insert(0, helper.make_node("ConstantOfShape", ["w2_shape"], ["w2"], value=fill))
+    path = models.save(m, tmp_path / "m.onnx")
+    data = DataConfig(models.save_npz(tmp_path / "d.npz", n=24, x=(1, 3, 8, 8)))
+    r = quantize_onnx(QuantizeConfig(path, str(tmp_path / "q.onnx"), data=data, holdout=4))
+    assert r.weights_quantized == 2  # conv2 and fc (conv1 reads the network input)
+    assert r.fidelity["trt-like"]["y"]["cosine"] > 0.99

@@ -197,6 +197,45 @@ def constants_to_initializers(model) -> int:
     return len(moved)
 
 
+def fills_to_initializers(model) -> int:
+    """Replace the ``ConstantOfShape`` nodes of the main graph whose shape is an initializer and
+    whose output a Conv, ConvTranspose or Gemm reads as its weight or bias (a MatMul as its
+    second input) by the initializer they compute, in place; returns how many. Same function:
+    such a weight is a constant the placement did not see (ONNX's light test models make every
+    weight so: their layers got int8 activations and float weights)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    params = {
+        name
+        for n in graph.node
+        if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+        for name in n.input[1 : 2 if n.op_type == "MatMul" else 3]
+    }
+    keep, made = [], []
+    for node in graph.node:
+        if (
+            node.op_type != "ConstantOfShape"
+            or node.input[0] not in inits
+            or node.output[0] not in params
+            or node.output[0] in outputs
+        ):
+            keep.append(node)
+            continue
+        attr = next((a for a in node.attribute if a.name == "value"), None)
+        fill = numpy_helper.to_array(attr.t) if attr is not None else np.zeros(1, np.float32)
+        shape = numpy_helper.to_array(inits[node.input[0]]).astype(np.int64).tolist()
+        made.append(numpy_helper.from_array(np.full(shape, fill.ravel()[0]), node.output[0]))
+    if made:
+        graph.initializer.extend(made)
+        del graph.node[:]
+        graph.node.extend(keep)
+    return len(made)
+
+
 def bypass_initializer_identities(model) -> int:
     """Make the readers of ``Identity(initializer)`` in the main graph read the initializer
     itself, and drop those Identity nodes, in place; returns how many. Same function: PyTorch's
