@@ -534,8 +534,10 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         if hidden:
             warning = (
                 f"{hidden} Conv/ConvTranspose/Gemm/MatMul layers inside If/Loop/Scan bodies stay "
-                "float: int8kit quantizes the main graph only; export the model without control "
-                "flow (one branch, e.g. a fixed sample rate) to quantize them"
+                "float: int8kit quantizes the main graph only; to quantize them, export the "
+                "model without control flow (an If: the one branch you run, e.g. a fixed sample "
+                "rate; a Loop or Scan, e.g. an autoregressive decoder: unrolled to a fixed "
+                "length, or its body as a model of its own)"
             )
             log.warning(warning)
             result.target["warnings"].append(warning)
