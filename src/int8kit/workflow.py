@@ -13,6 +13,7 @@ tensor, which blocks its layout optimisations).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -327,7 +328,8 @@ class QuantizeResult:
     nonfinite: dict = field(default_factory=dict)
     fidelity: dict = field(default_factory=dict)  # backend -> output -> metrics
     holdout_images: int = 0
-    input_shapes: dict = field(default_factory=dict)  # name -> shape of the first batch seen
+    # name -> shape of the calibration batches, [min, opt, max] where they differ
+    input_shapes: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)  # range search summary (method "search")
     fallback: dict = field(default_factory=dict)  # analysis.fallback.FallbackResult as a dict
     fp16: dict = field(default_factory=dict)  # onnx.fp16.FP16Summary as a dict
@@ -820,9 +822,21 @@ def source_batch(source) -> int:
 
 
 def _record_shapes(batches, shapes: dict):
+    """Yield ``batches``; ``shapes`` holds each input's shape, or where the batches' shapes
+    differ (an image pyramid, H and W kept per image, a text length) [min, opt, max]: the
+    smallest and largest size per axis, and the most frequent shape (the largest of those tied),
+    the profile the trtexec lines need (one shape seen would make an engine that takes only
+    that one)."""
+    seen: dict[str, dict[tuple, int]] = {}
     for batch in batches:
-        if not shapes:
-            shapes.update({k: tuple(v.shape) for k, v in batch.items()})
+        for k, v in batch.items():
+            counts = seen.setdefault(k, {})
+            counts[tuple(v.shape)] = counts.get(tuple(v.shape), 0) + 1
+            if len(counts) == 1:
+                shapes[k] = tuple(v.shape)
+            elif len({len(c) for c in counts}) == 1:  # same rank: a profile can cover them
+                opt = max(counts, key=lambda c: (counts[c], math.prod(c)))
+                shapes[k] = [tuple(map(min, *counts)), opt, tuple(map(max, *counts))]
         yield batch
 
 

@@ -273,3 +273,27 @@ def test_a_weight_made_by_constant_of_shape_is_quantized(tmp_path):
     r = quantize_onnx(QuantizeConfig(path, str(tmp_path / "q.onnx"), data=data, holdout=4))
     assert r.weights_quantized == 2  # conv2 and fc (conv1 reads the network input)
     assert r.fidelity["trt-like"]["y"]["cosine"] > 0.99
+
+
+def test_trtexec_profile_spans_the_calibration_shapes_of_a_dynamic_input(tmp_path, capsys):
+    """MTCNN P-Net calibrated on its image pyramid (H, W dynamic): the trtexec lines gave
+    min = opt = max = the first batch's shape, an engine that takes no other size."""
+    from int8kit.cli.main import main
+
+    m = models.residual_block()
+    m.graph.input[0].CopyFrom(models.value("x", (1, 3, "H", "W")))
+    m.graph.output[0].CopyFrom(models.value("y", (1, 3, "H", "W")))
+    path = models.save(m, tmp_path / "m.onnx")
+    script = tmp_path / "pyramid.py"
+    script.write_text(
+        "import numpy as np\n\n\n"
+        "def load_data():\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    for i in range(16):\n"
+        "        h, w = [(16, 20), (12, 16), (8, 8), (12, 16)][i % 4]\n"
+        "        yield {'x': rng.standard_normal((1, 3, h, w)).astype(np.float32)}\n"
+    )
+    argv = ["quantize", path, "--data-loader-script", str(script), "-o", str(tmp_path / "q.onnx")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "--minShapes=x:1x3x8x8 --optShapes=x:1x3x12x16 --maxShapes=x:1x3x16x20" in out

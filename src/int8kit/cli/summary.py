@@ -78,7 +78,10 @@ def print_trtexec(
     from int8kit.trt.commands import summary_commands
     from int8kit.trt.profiles import derive_profiles
 
-    shapes = {n: (tuple(s),) for n, s in input_shapes.items()}
+    shapes = {  # a shape, or [min, opt, max] where the calibration batches' shapes differed
+        n: tuple(map(tuple, s)) if s and isinstance(s[0], (list, tuple)) else (tuple(s),)
+        for n, s in input_shapes.items()
+    }
     try:
         from int8kit.onnx.model_io import load_model
 
