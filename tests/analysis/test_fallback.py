@@ -231,7 +231,9 @@ def test_explain_tells_near_ties_from_flips_more_float_could_fix():
     ties = {"samples": 32, "flipped": 2, "flip_margins": [0.01, 0.02], "median_margin": 1.0}
     text = explain(t, before, after, {**ties, "margin_noise": 0.2}, 3)
     assert "all are near-ties" in text and "about 20 dB less noise" in text  # 20 log10(0.2/0.02)
-    assert "from 20.0 to 23.0 dB with 3 float layers" in text
+    assert "from 20.0 to 23.0 dB with 3 float layers" in text and "tried" not in text
+    text = explain(t, before, after, {}, 3, tried=5)
+    assert text.endswith("with 3 float layers (the best held-out state of 5 tried)")
     text = explain(t, before, after, {**ties, "margin_noise": 0.015}, 3)
     assert "1 are near-ties, 1 are not" in text and "--max-float-layers" in text
     assert explain(t, before, {**after, "top1": 1.0}, {}, 3) == ""
@@ -265,6 +267,8 @@ def test_quantize_checks_the_model_it_writes_with_bias_correction(tmp_path, max_
     written = next(iter(r.fidelity["trt-like"].values()))["sqnr_db"]
     assert fb["after"]["sqnr_db"] == pytest.approx(written, abs=0.05)
     assert fb["why"].startswith("the budget is spent") and "sqnr_db" in fb["missed"]
+    assert [p["float"] for p in fb["path"]] == list(range(max_float + 1))
+    assert fb["after"]["sqnr_db"] == max(p["sqnr_db"] for p in fb["path"])
 
 
 def _matmul_add_classifier():

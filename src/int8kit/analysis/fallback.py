@@ -97,6 +97,7 @@ class FallbackResult:
     missed: dict = field(default_factory=dict)  # {metric: {"reached": x, "target": y}}
     flips: dict = field(default_factory=dict)  # top-1 missed: `top1_flips` of the result
     why: str = ""  # a target missed: why, in figures (`explain`)
+    path: list = field(default_factory=list)  # held-out sqnr_db/top1 after each float step
     sensitivity: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -179,8 +180,11 @@ def top1_flips(runner: GatedRunner, on: Iterable[str]) -> dict:
     return best
 
 
-def explain(target: Target, before: dict, after: dict, flips: dict, n_float: int) -> str:
-    """Why ``after`` misses ``target`` with ``n_float`` layers float, in figures ("" if met)."""
+def explain(
+    target: Target, before: dict, after: dict, flips: dict, n_float: int, tried: int = 0
+) -> str:
+    """Why ``after`` misses ``target`` with ``n_float`` layers float (the best held-out state of
+    ``tried`` float steps), in figures ("" if met)."""
     missed = missed_by(target, after)
     if not missed:
         return ""
@@ -188,6 +192,8 @@ def explain(target: Target, before: dict, after: dict, flips: dict, n_float: int
         f"the worst-part SQNR went from {before['sqnr_db']:.1f} to {after['sqnr_db']:.1f} dB "
         f"with {n_float} float layers"
     )
+    if tried > n_float:
+        spent += f" (the best held-out state of {tried} tried)"
     if "top1" not in missed or not flips.get("flipped"):
         return f"the budget is spent: {spent}"
     ms, noise = flips["flip_margins"], flips["margin_noise"]
@@ -335,6 +341,7 @@ def find_fallback(
         steps.append((list(excluded), after))
     # A float layer chosen on the ranking samples can make the held-out result worse: keep the
     # best held-out state seen (the fewest float layers among equals).
+    path = [{"float": len(e), **{k: m[k] for k in ("sqnr_db", "top1")}} for e, m in steps]
     excluded, after = min(steps, key=lambda st: (shortfall(target, st[1]), len(st[0])))
     if target.met(after):  # prune: the last chosen first, re-quantize what the target spares
         for node in reversed(list(excluded)):
@@ -352,7 +359,8 @@ def find_fallback(
         after_ranges=after_ranges,
         sensitivity=rows_to_dicts(sens),
         flips=flips,
-        why=explain(target, before, after, flips, len(excluded)),
+        path=path,
+        why=explain(target, before, after, flips, len(excluded), len(steps) - 1),
     )
     return found, dict(holdout.amax)
 
