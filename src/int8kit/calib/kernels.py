@@ -3,9 +3,11 @@ it is installed, a few vectorised NumPy passes otherwise. Both bin exactly alike
 
     index = trunc(|x| * inv_width)   (float32 product), clamped to the last bin.
 
-numba's loop (~0.5 ns per value) keeps four sub-histograms so that runs of equal values (the
-zeros after a ReLU, the sixes after a ReLU6) do not serialise on one counter; NumPy's path
-(pre-scaled indices into ``np.bincount``) costs ~2x as much. The kernel releases the GIL, so it
+numba's kernel computes the bin indices of a block of 4096 values first (vector instructions),
+then counts them into four sub-histograms so that runs of equal values (the zeros after a ReLU,
+the sixes after a ReLU6) do not serialise on one counter: ~1.0 ns a value on this 2-core machine,
+where one loop doing both took ~1.4 ns (ReLU outputs, 1.6M values a call, minima of 60
+alternated calls). NumPy's path (pre-scaled indices into ``np.bincount``) costs ~2x as much. The kernel releases the GIL, so it
 runs beside ONNX Runtime's forward pass of the next batch (onnx/observe.py).
 
 numba's first kernel in a process costs ~0.5-0.9 s (its import, the SciPy import it makes,
@@ -35,27 +37,33 @@ _lock = threading.Lock()
 # gets more cores. The other zoo models plan 5.7e8 to 9.5e9.
 NUMBA_FROM = 5e8
 _planned: int | None = None  # values announced by plan() in this process (None: no plan)
+_BLOCK = 4096  # values whose bin indices numba's kernel computes at once (16 KB of int32)
 
 
 def _compile():
     from numba import njit  # imported on first use: numba's import costs ~0.3 s
 
     @njit(nogil=True, cache=True)
-    def add_counts(x, inv_width, counts, sub):  # pragma: no cover - compiled by numba
+    def add_counts(x, inv_width, counts, sub, index):  # pragma: no cover - compiled by numba
         last = counts.size - 1
+        top = np.float32(last)
         n = x.size
-        n4 = n - n % 4
-        for j in range(0, n4, 4):
-            a = min(int(abs(x[j]) * inv_width), last)
-            b = min(int(abs(x[j + 1]) * inv_width), last)
-            c = min(int(abs(x[j + 2]) * inv_width), last)
-            d = min(int(abs(x[j + 3]) * inv_width), last)
-            sub[0, a] += 1
-            sub[1, b] += 1
-            sub[2, c] += 1
-            sub[3, d] += 1
-        for j in range(n4, n):
-            counts[min(int(abs(x[j]) * inv_width), last)] += 1
+        block = index.size
+        for start in range(0, n, block):
+            m = min(block, n - start)
+            # the bin indices of a block first: a loop without stores to memory that depends on
+            # its own results, which the compiler turns into vector instructions ...
+            for j in range(m):
+                index[j] = np.int32(min(abs(x[start + j]) * inv_width, top))
+            # ... then the counting, spread over four sub-histograms
+            m4 = m - m % 4
+            for j in range(0, m4, 4):
+                sub[0, index[j]] += 1
+                sub[1, index[j + 1]] += 1
+                sub[2, index[j + 2]] += 1
+                sub[3, index[j + 3]] += 1
+            for j in range(m4, m):
+                sub[0, index[j]] += 1
         for k in range(last + 1):
             counts[k] += sub[0, k] + sub[1, k] + sub[2, k] + sub[3, k]
             sub[0, k] = 0
@@ -128,7 +136,8 @@ def add_counts(x: np.ndarray, inv_width: np.float32, counts: np.ndarray, use_num
         raise RuntimeError("numba is not available (pip install numba)")
     if kernel is not None:
         # The sub-histograms are zero between calls (the kernel clears what it folds in).
-        kernel(x, inv_width, counts, _buffer("sub", (4, counts.size), np.int64))
+        sub = _buffer("sub", (4, counts.size), np.int64)
+        kernel(x, inv_width, counts, sub, _buffer("bins", (_BLOCK,), np.int32))
         return
     # float32 |x| * inv_width clamped to the last bin, truncated: the index above
     scaled = _buffer("scaled", (x.size,), np.float32)
