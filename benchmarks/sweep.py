@@ -278,6 +278,32 @@ def oww_embedding_data(model: Path, n: int) -> dict[str, np.ndarray]:
     return {"input_1": _windows(spec, 76, n)[..., None].astype(np.float32)}
 
 
+def oww_head_data(frames: int):
+    """openwakeword's wake-word heads: ``frames`` consecutive 96-d speech embeddings (1, frames,
+    96), as utils.py makes them: the package's melspectrogram.onnx and embedding_model.onnx run
+    here in FP32 over speech (x / 10 + 2, windows of 76 mel frames, step 8). Batch fixed at 1,
+    so each sample is a whole feed."""
+
+    def make(model: Path, n: int) -> dict[str, np.ndarray]:
+        import onnxruntime as ort
+
+        res = fetch(BY_NAME["oww_melspec"].requirement) / "openwakeword/resources/models"
+        mel = ort.InferenceSession(
+            str(res / "melspectrogram.onnx"), providers=["CPUExecutionProvider"]
+        )
+        emb = ort.InferenceSession(
+            str(res / "embedding_model.onnx"), providers=["CPUExecutionProvider"]
+        )
+        seconds = (frames * 8 + 76) * 0.01 * 1.5 + n * 0.4
+        spec = np.squeeze(mel.run(None, {"input": oww_audio(1, seconds)[None]})[0]) / 10 + 2
+        wins = np.stack([spec[i : i + 76] for i in range(0, len(spec) - 76 + 1, 8)])
+        feats = emb.run(None, {"input_1": wins[..., None].astype(np.float32)})[0].reshape(-1, 96)
+        name = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_inputs()[0]
+        return {name.name: _windows(feats, frames, n)[:, None].astype(np.float32)}
+
+    return make
+
+
 def rxnmap_data(model: Path, n: int) -> dict[str, np.ndarray]:
     """chython-rxnmap (random, no chython here): 48 tokens of a reaction graph per sample, atom
     ids, neighbour counts, roles drawn inside the model's embedding tables (121, 17, 4), and a
@@ -723,6 +749,22 @@ MODELS = (
         "mtcnn_pnet calibrated as it runs: the image pyramid, each level of its own H, W "
         "(loader script), so the trtexec profile must span the sizes",
         loader="pnet_pyramid",
+    ),
+    Model(
+        "oww_hey_jarvis",
+        "openwakeword==0.4.0",
+        "openwakeword/resources/models/hey_jarvis_v0.1.onnx",
+        "speech (embeddings)",
+        oww_head_data(16),
+        "a wake-word head (torch 1.12, opset 13): Gemm MLP, decomposed LayerNorm, an If at the end",
+    ),
+    Model(
+        "oww_timer",
+        "openwakeword==0.4.0",
+        "openwakeword/resources/models/timer_v0.1.onnx",
+        "speech (embeddings)",
+        oww_head_data(34),
+        "a 7-class head whose output name is a JSON text (quotes, braces, colons, spaces)",
     ),
     Model(
         "plcmos",
