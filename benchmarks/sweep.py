@@ -915,8 +915,10 @@ def census(path: Path) -> dict:
     model = onnx.load(str(path))
     out = {"layers": 0, "layers_in_subgraphs": 0, "recurrent": 0, "q": 0, "dq": 0, "int_ops": 0}
     out["layers_int8"] = 0
+    outer = {i.name: i for g, _ in _graphs(model.graph) for i in g.initializer}
     for g, depth in _graphs(model.graph):
-        inits = {i.name: i for i in g.initializer}
+        # a body reads the initializers of the graphs around it too (hey_jarvis's If branch)
+        inits = {i.name: i for i in g.initializer} | (outer if depth else {})
         made = ("Constant", "ConstantOfShape")  # ConstantOfShape: ONNX's light test models
         consts = set(inits) | {o for n in g.node if n.op_type in made for o in n.output}
         # a weight read through Identity (a shared weight) or Cast (stored FP16) is constant too
