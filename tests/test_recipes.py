@@ -19,6 +19,18 @@ def test_family_tells_attention_from_a_conv_net_and_a_plain_matmul():
     assert family(models.gemm_matmul()) == "conv"  # MatMul with a weight, no attention
 
 
+def test_attention_fused_by_onnx_runtime_is_a_transformer():
+    from onnx import helper
+
+    model = models.gemm_matmul()
+    model.graph.node.append(
+        helper.make_node("Attention", ["x", "w", "b"], ["y"], domain="com.microsoft")
+    )
+    assert family(model) == "transformer"
+    model.graph.node[-1].domain = ""  # an op of that name outside com.microsoft is not ONNX Runtime's
+    assert family(model) == "conv"
+
+
 @pytest.fixture
 def attention(tmp_path):
     path = models.save(attention_block(), tmp_path / "attn.onnx")

@@ -60,10 +60,17 @@ DEFAULTS: dict[str, Recipe] = {
 }
 
 
+# Attention fused into one node (ONNX Runtime's transformer optimizer, com.microsoft).
+FUSED_ATTENTION = {"Attention", "MultiHeadAttention", "PackedAttention", "GroupQueryAttention"}
+
+
 def family(model) -> str:
     """``transformer`` when the graph has attention (a Softmax whose output, possibly through
-    shape ops, is multiplied by another activation in a MatMul), else ``conv``."""
+    shape ops, is multiplied by another activation in a MatMul, or a fused attention node),
+    else ``conv``."""
     graph = model.graph
+    if any(n.op_type in FUSED_ATTENTION and n.domain == "com.microsoft" for n in graph.node):
+        return "transformer"
     constants = {i.name for i in graph.initializer} | {
         o for n in graph.node if n.op_type == "Constant" for o in n.output
     }
