@@ -8,12 +8,15 @@ Per model: the target is checked on the last ``--holdout`` samples of the zoo's 
 split (the rest calibrates); the INT8 model is then scored by the zoo's own task metric on the
 zoo's evaluation split (disjoint photos), beside the default recipe without a target.
 Classifiers get ``--target-top1 0.99``; detectors a worst-part SQNR target (``--target-sqnr``).
+For classifiers the evaluation's flips are listed with their FP32 top-2 margins beside the
+spread of what quantization adds to a margin (near-ties: margins far below it).
 Writes benchmarks/results/fallback_budget.json and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
@@ -23,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, save_json  # noqa: E402
 from zoo import data_path, get, model_path, relative  # noqa: E402
-from zoo.evaluate import evaluate  # noqa: E402
+from zoo.evaluate import evaluate, fp32_outputs, output_names, run_outputs  # noqa: E402
 
 from int8kit.data import DataConfig  # noqa: E402
 from int8kit.workflow import QuantizeConfig, quantize_onnx  # noqa: E402
@@ -34,6 +37,43 @@ TARGETS = {
     "yolov8n": {"target_sqnr": 20.0},
     "retinaface": {"target_sqnr": 20.0},
 }
+
+
+def eval_flips(name: str, out: Path) -> dict:
+    """The evaluation samples whose top-1 changes (first output): FP32 top-2 margins, the
+    median margin, and the std of what quantization adds to a margin (trt-like)."""
+    import numpy as np
+
+    ref = np.concatenate([s[0].reshape(1, -1) for s in fp32_outputs(name)]).astype(np.float64)
+    test = run_outputs(out, data_path(name, "eval"), "trt-like", output_names(name))
+    test = np.concatenate([s[0].reshape(1, -1) for s in test]).astype(np.float64)
+    rows = np.arange(len(ref))
+    order = np.argsort(ref, axis=1)
+    top, second = order[:, -1], order[:, -2]
+    margin = ref[rows, top] - ref[rows, second]
+    noise = test[rows, top] - test[rows, second] - margin
+    flipped = test.argmax(axis=1) != top
+    sigma = float(np.std(noise))
+    return {
+        "flipped": int(flipped.sum()),
+        "flip_margins": sorted(round(float(x), 5) for x in margin[flipped]),
+        "median_margin": float(np.median(margin)),
+        "margin_noise": sigma,
+        "samples_below_noise": int((margin < sigma).sum()),
+        # A margin moved by Gaussian noise of std sigma: expected top-1 agreement, and how much
+        # less noise (dB) would bring that expectation to 0.99.
+        "expected_top1": expected_top1(margin, sigma),
+        "db_less_noise_for_099": next(
+            (g for g in range(61) if expected_top1(margin, sigma * 10 ** (-g / 20)) >= 0.99), None
+        ),
+    }
+
+
+def expected_top1(margin, sigma: float) -> float:
+    """Mean over samples of P(margin + N(0, sigma) > 0)."""
+    return float(
+        sum(0.5 * (1 + math.erf(m / (sigma * math.sqrt(2)))) for m in margin) / len(margin)
+    )
 
 
 def run(name: str, holdout: int, target: dict | None, out_dir: Path) -> dict:
@@ -63,7 +103,11 @@ def run(name: str, holdout: int, target: dict | None, out_dir: Path) -> dict:
         "holdout_before": fb.get("before"),
         "holdout_after_ranges": fb.get("after_ranges"),
         "holdout_after": fb.get("after"),
+        "holdout_path": fb.get("path", []),
+        "holdout_flips": fb.get("flips", {}),
+        "why": fb.get("why", ""),
         "eval": {module.PRIMARY: metrics.get(module.PRIMARY), "metrics": metrics},
+        **({"eval_flips": eval_flips(name, out)} if module.TASK == "classify" else {}),
     }
 
 
@@ -76,7 +120,9 @@ def main(argv=None) -> int:
     import json
 
     res = json.loads(path.read_text()) if path.exists() else {}
-    res.update(holdout=a.holdout, command="benchmarks/fallback_budget.py " + " ".join(argv or sys.argv[1:]))
+    res.update(
+        holdout=a.holdout, command="benchmarks/fallback_budget.py " + " ".join(argv or sys.argv[1:])
+    )
     res.setdefault("models", {})
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.models:
@@ -94,6 +140,18 @@ def main(argv=None) -> int:
                 f"reached {t['reached']} {t['missed'] or ''} ({t['seconds']:.0f} s)",
                 flush=True,
             )
+            for label, r in (("default", d), ("target", t)):
+                if r.get("eval_flips"):
+                    f = r["eval_flips"]
+                    print(
+                        f"  {label}: eval flips {f['flipped']}, FP32 margins {f['flip_margins']}"
+                        f" vs margin noise (std) {f['margin_noise']:.3g}; expected top-1 at that"
+                        f" noise {f['expected_top1']:.3f}, 0.99 needs"
+                        f" {f['db_less_noise_for_099']} dB less noise",
+                        flush=True,
+                    )
+            if t["why"]:
+                print(f"  why: {t['why']}", flush=True)
     return 0
 
 
