@@ -81,3 +81,28 @@ def test_quantize_finishes_when_int8_changes_an_output_length(tmp_path, capsys):
     assert y["batches"] == 4 and 1 <= y["shape_differs"] <= 4
     assert y["cosine"] > 0.5  # the common part still matches
     assert "shape differs from FP32 on" in capsys.readouterr().out
+
+
+def test_the_sensitivity_scorer_compares_another_length_on_the_common_part():
+    # sensitivity / fallback scored with OutputStats.update(r, t) directly and stopped with
+    # "reference shape (141,) and test shape (140,) differ"
+    from int8kit.analysis.sensitivity import Scorer
+
+    scorer = Scorer()
+    scorer.update({"y": np.array([0.9, 0.7, 0.6])}, {"y": np.array([0.9, 0.4, 0.7, 0.35])})
+    scorer.update({"y": np.full(6, 0.8)}, {"y": np.full(6, 0.8)})
+    expect = OutputStats()
+    expect.update(np.array([0.9, 0.7, 0.6]), np.array([0.9, 0.4, 0.7]))
+    expect.update(np.full(6, 0.8), np.full(6, 0.8))
+    assert np.isclose(scorer.result()["sqnr_db"], expect.result()["sqnr_db"])
+    assert scorer.shape_differs == {"y": 1}
+
+
+def test_a_fidelity_target_runs_when_int8_changes_an_output_length(tmp_path):
+    src = save(_relu_mlp_then_keep_positive(), tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((24, 1, 32)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    out = tmp_path / "m.int8.onnx"
+    argv = ["quantize", src, "--calib", str(tmp_path / "d.npz"), "-o", str(out)]
+    assert main([*argv, "--holdout", "8", "--target-sqnr", "60"]) == 0  # a target it misses
+    assert out.is_file()

@@ -177,7 +177,7 @@ def compare_models(
             for n in names:
                 if np.shape(ref[n]) != np.shape(test[n]):  # a data-dependent length
                     differs[backend][n] += 1
-                    common = _common_part(ref[n], test[n])
+                    common = common_part(ref[n], test[n])
                     if common is not None:
                         raw[backend][n].update(*common)
                     continue  # top-1 and mAP need the same rows on both sides
@@ -208,7 +208,7 @@ def compare_models(
     return out
 
 
-def _common_part(ref, test) -> tuple[np.ndarray, np.ndarray] | None:
+def common_part(ref, test) -> tuple[np.ndarray, np.ndarray] | None:
     """Both arrays cut to the leading part they share (the smaller size on every axis), or None
     when their ranks differ."""
     ref, test = np.asarray(ref), np.asarray(test)

@@ -27,7 +27,7 @@ import numpy as np
 
 from int8kit._deps import require
 from int8kit.analysis.detection import split_yolo_output
-from int8kit.analysis.fidelity import TASKS, embedding_outputs, guess_task
+from int8kit.analysis.fidelity import TASKS, common_part, embedding_outputs, guess_task
 from int8kit.analysis.metrics import ClassifyStats, OutputStats
 from int8kit.calib.collector import safe_amax
 from int8kit.onnx.placement import Placement
@@ -173,10 +173,17 @@ class Scorer:
         self.parts: dict[str, OutputStats] = {}
         self.classify: dict[str, ClassifyStats] = {}
         self._tasks: dict[str, str] = {}
+        self.shape_differs: dict[str, int] = {}  # output -> batches of another shape than FP32
 
     def update(self, ref: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> None:
         for name, r in ref.items():
             t = test[name]
+            if np.shape(r) != np.shape(t):  # a data-dependent length (a decoder's end token)
+                self.shape_differs[name] = self.shape_differs.get(name, 0) + 1
+                common = common_part(r, t)
+                if common is not None:  # SQNR on the part both have; top-1 / mAP need the rows
+                    self.parts.setdefault(name, OutputStats()).update(*common)
+                continue
             task = self._tasks.setdefault(
                 name, guess_task(r, name in self.embeddings) if self.task == "auto" else self.task
             )
