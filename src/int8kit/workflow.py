@@ -484,6 +484,23 @@ def _data(config: QuantizeConfig, specs):
     return make_source(config.data, specs), None
 
 
+def bias_correct_as_configured(model, placement, calib_src, amax, config: QuantizeConfig):
+    """(corrected model, onnx.bias.BiasSummary): the bias correction ``config`` asks for (gated
+    on held-out samples and/or with empirical statistics: onnx/bias_safe.py; else the plain one),
+    the call ``quantize_onnx`` makes and the fallback models."""
+    if config.bias_gate or config.bias_stats != "local":
+        from int8kit.onnx.bias_safe import safe_bias_correct
+
+        gate = {} if config.bias_gate else {"gate_samples": 0}
+        n = getattr(calib_src, "num_samples", None)
+        return safe_bias_correct(
+            model, placement, calib_src, amax, stats=config.bias_stats, num_samples=n, **gate
+        )
+    from int8kit.onnx.bias import bias_correct
+
+    return bias_correct(model, placement, calib_src, amax=amax)
+
+
 def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
     """Calibrate (or reuse ranges), insert Q/DQ by the placement rules, write every output
     atomically, and measure INT8 vs FP32 fidelity on held-out data."""
@@ -641,24 +658,7 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
             result.bias_correction = {"not_run": "no calibration data"}
         elif config.bias_correction and placement.weights:
             t1 = time.perf_counter()
-            if config.bias_gate or config.bias_stats != "local":
-                from int8kit.onnx.bias_safe import safe_bias_correct
-
-                n = getattr(calib_src, "num_samples", None)
-                gate = {} if config.bias_gate else {"gate_samples": 0}
-                source, bias = safe_bias_correct(
-                    model,
-                    bc_placement,
-                    calib_src,
-                    quant,
-                    stats=config.bias_stats,
-                    num_samples=n,
-                    **gate,
-                )
-            else:
-                from int8kit.onnx.bias import bias_correct
-
-                source, bias = bias_correct(model, bc_placement, calib_src, amax=quant)
+            source, bias = bias_correct_as_configured(model, bc_placement, calib_src, quant, config)
             result.bias_correction = {**asdict(bias), "seconds": time.perf_counter() - t1}
         # bias correction's copy is rewritten in place; the model itself is copied
         qdq_model, summary = insert_qdq(

@@ -407,18 +407,9 @@ def bias_shifts(model, placement: Placement, amax: dict[str, float], calib_src, 
         return {}
     if not placement.weights:
         return {}
-    if config.bias_gate or config.bias_stats != "local":
-        from int8kit.onnx.bias_safe import safe_bias_correct
+    from int8kit.workflow import bias_correct_as_configured
 
-        gate = {} if config.bias_gate else {"gate_samples": 0}
-        n = getattr(calib_src, "num_samples", None)
-        corrected, summary = safe_bias_correct(
-            model, placement, calib_src, amax, stats=config.bias_stats, num_samples=n, **gate
-        )
-    else:
-        from int8kit.onnx.bias import bias_correct
-
-        corrected, summary = bias_correct(model, placement, calib_src, amax=amax)
+    corrected, summary = bias_correct_as_configured(model, placement, calib_src, amax, config)
     return correction_shifts(model, corrected, summary.corrected)
 
 
