@@ -14,7 +14,7 @@ from int8kit.data import DataConfig
 from int8kit.onnx.placement import PlacementConfig
 from int8kit.onnx.targets import cpu_has_vnni, get_target, u8_quant, u8_range
 from int8kit.onnx.targets_ort import integer_ops, plan_ort
-from int8kit.workflow import QuantizeConfig, quantize_onnx
+from int8kit.workflow import CalibConfig, QuantizeConfig, quantize_onnx
 
 
 @pytest.fixture
@@ -56,7 +56,8 @@ def test_onnx_runtime_turns_every_layer_into_an_integer_kernel(net, tmp_path):
 
 def test_uint8_zero_points_follow_min_max_and_weights_are_7_bit_with_reduce_range(net, tmp_path):
     model, data = net
-    r = _run(model, data, tmp_path / "a.onnx", reduce_range=True)
+    minmax = CalibConfig(method="minmax")
+    r = _run(model, data, tmp_path / "a.onnx", reduce_range=True, calib=minmax)
     ranges = json.load(open(r.outputs["ranges"]))["tensors"]
     inits = _inits(r.outputs["qdq_onnx"])
     for name in ("r1", "c2", "sg", "silu"):
@@ -74,8 +75,24 @@ def test_uint8_zero_points_follow_min_max_and_weights_are_7_bit_with_reduce_rang
     assert w.dtype == np.int8 and np.abs(w).max() == 64  # 7-bit
     b = inits["b2_int32_quantized"]
     assert b.dtype == np.int32
-    r2 = _run(model, data, tmp_path / "b.onnx", reduce_range=False)
+    r2 = _run(model, data, tmp_path / "b.onnx", reduce_range=False, calib=minmax)
     assert np.abs(_inits(r2.outputs["qdq_onnx"])["w2_quantized"]).max() == 127
+
+
+def test_auto_on_the_ort_cpu_target_is_mse_with_both_sides_clipped(net, tmp_path):
+    model, data = net
+    r = _run(model, data, tmp_path / "auto.onnx")
+    assert r.method == "mse"
+    ranges = json.load(open(r.outputs["ranges"]))["tensors"]
+    assert {t["method"] for t in ranges.values()} == {"mse"}
+    # the uint8 range is the mse threshold on each side, inside [min, max] (u8_range)
+    clipped = 0
+    for t in ranges.values():
+        u = t["uint8"]
+        lo, hi = min(t["min"], 0.0), max(t["max"], 0.0)
+        assert u["scale"] <= (hi - lo) / 255 * (1 + 1e-6)
+        clipped += u["scale"] < (hi - lo) / 255 * (1 - 1e-3)
+    assert clipped > 0  # mse clips somewhere on this data; minmax never would
 
 
 def test_ranges_file_round_trip_reproduces_the_model(net, tmp_path):

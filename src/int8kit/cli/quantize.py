@@ -22,9 +22,10 @@ def add_calib_args(parser: argparse.ArgumentParser) -> None:
         "--method",
         default="auto",
         choices=ALL_METHODS,
-        help="range method. auto (default): minmax for the Q/DQ model (with bias correction "
-        "the most faithful on the benchmark models), entropy (= TensorRT EntropyCalibration2) "
-        "for a cache-only `calibrate`",
+        help="range method. auto (default): the default recipe of the graph's family for a "
+        "TensorRT Q/DQ model (mse with depthwise equalization and centring; --explain-rules "
+        "prints it), mse for --target ort-cpu, entropy (= TensorRT EntropyCalibration2) for a "
+        "cache-only `calibrate`",
     )
     g.add_argument("--percentile", type=float, default=99.99, help="for --method percentile")
     g.add_argument(
