@@ -407,7 +407,7 @@ def calibrate(
 
 def rounds_to_zero(model, ranges: Ranges, placement, share: float = underflow.WARN_SHARE) -> dict:
     """The quantized activations of ``placement`` whose calibrated share of non-zero values
-    that int8 rounds to 0 is at least ``share`` (Softmax outputs aside: calib.underflow), worst
+    that int8 rounds to 0 is at least ``share`` (probabilities aside: calib.underflow), worst
     first. Taken at the calibrated symmetric step (before centring); methods that keep no
     histogram (minmax, mean-max, quantile-max) and ranges read from a file give no share."""
     producer = {out: n.op_type for n in model.graph.node for out in n.output}

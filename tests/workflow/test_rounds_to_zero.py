@@ -83,3 +83,32 @@ def test_ordinary_input_and_relu_zeros_stay_quiet(tmp_path):
     out = io.StringIO()
     print_summary(r, out)
     assert "round to 0" not in out.getvalue()
+
+
+def test_probabilities_from_a_sigmoid_stay_quiet(tmp_path):
+    # a detector's class scores: Sigmoid of very negative logits, nearly all ~0, read by a MatMul
+    m = models.model(
+        [
+            helper.make_node("Sigmoid", ["x"], ["p"], name="scores"),
+            helper.make_node("MatMul", ["p", "w"], ["y"], name="head"),
+        ],
+        [models.value("x", ("N", 64))],
+        [models.value("y", ("N", 8))],
+        [models.weight("w", (64, 8), 0)],
+    )
+    logits = np.random.default_rng(2).normal(-6.5, 0.5, (64, 64)).astype(np.float32)
+    logits[:, 0] = 4.0  # one confident class per row sets the range near 1
+    np.save(tmp_path / "x.npy", logits)
+    cfg = QuantizeConfig(
+        models.save(m, tmp_path / "m.onnx"),
+        str(tmp_path / "q.onnx"),
+        data=DataConfig(str(tmp_path / "x.npy")),
+        calib=CalibConfig(method="mse"),
+        placement=PlacementConfig(quantize_input_layers=True),
+        holdout=0,
+    )
+    r = quantize_onnx(cfg)
+    p = Ranges.read(tmp_path / "q.ranges.json").tensors["p"]
+    sig = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    assert (np.rint(sig / (p.amax / 127)) == 0).mean() > 0.6  # most round to 0 ...
+    assert r.rounds_to_zero == {}  # ... and it is not reported: [0, 1] is never too wide

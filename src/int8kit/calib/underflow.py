@@ -25,10 +25,12 @@ import numpy as np
 # whose small negative values round to 0; most stay below 0.3); openwakeword's melspectrogram
 # power spectrum is 0.95.
 WARN_SHARE = 0.6
-# Tensors made by these ops are not reported: a probability that rounds to 0 weighs next to
-# nothing in the product it feeds (the zoo's ViT: 0.77-0.85 of each attention Softmax output's
-# non-zero values round to 0, as in any int8 attention).
-QUIET_PRODUCERS = ("Softmax",)
+# Tensors made by these ops are not reported: their values lie in [0, 1], so the range is never
+# too wide, and a probability that rounds to 0 weighs next to nothing in the product or the
+# detection threshold it feeds (the zoo's ViT: 0.77-0.85 of each attention Softmax output's
+# non-zero values round to 0, as in any int8 attention; YOLOv8n's class-score Sigmoid, uint8 on
+# the ort-cpu target: 0.965, nearly every anchor's score being ~0).
+QUIET_PRODUCERS = ("Softmax", "Sigmoid", "HardSigmoid")
 
 
 def zero_share(counts: np.ndarray, width: float, amax: float, stats: dict) -> float | None:
