@@ -155,11 +155,30 @@ def run_model(name: str, args) -> dict:
     return entry
 
 
+def zoo_peers_on_ort(name: str, metric: str) -> dict:
+    """Every peer of the zoo run (benchmarks/zoo_bench.py: ORT quantize_static s8, NNCF,
+    ModelOpt) scored on ORT's integer kernels on the same eval set: {label: metric}, the best
+    and its label. Empty where the zoo run has not been made."""
+    path = BENCH / "results" / "zoo" / f"{name}.peers.json"
+    if not path.is_file():
+        return {}
+    scores = {
+        label: e["metrics"]["ort-int8"][metric]
+        for label, e in json.loads(path.read_text()).get("entries", {}).items()
+        if e.get("ok") and metric in e.get("metrics", {}).get("ort-int8", {})
+    }
+    if not scores:
+        return {}
+    best = max(scores, key=scores.get)
+    return {"metric": metric, "scores": scores, "best": best, "best_value": scores[best]}
+
+
 def table(results: dict) -> str:
     rows = [
         "| model | metric | FP32 ms | int8kit ort-cpu: ms, speedup, metric | ORT u8/rr: ms, "
-        "speedup, metric | int8kit TensorRT target (trt-like) metric | load (1 min) |",
-        "|---|---|---|---|---|---|---|",
+        "speedup, metric | best zoo peer on ORT's kernels: metric | int8kit TensorRT target "
+        "(trt-like) metric | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(e: dict, lat: dict, key: str) -> str:
@@ -174,16 +193,18 @@ def table(results: dict) -> str:
     for name, e in results["models"].items():
         metric, lat = e["primary_metric"], e["latency"]
         ref = e.get("int8kit-tensorrt (reference)", {}).get("fidelity", {}).get(metric)
+        peer = e.get("zoo_peers_ort_int8", {})
+        peer_cell = f"{peer['best_value']:.4f} ({peer['best']})" if peer else "-"
         rows.append(
             f"| {name} | {metric} | {lat['fp32']['median_ms']:.1f} | "
             f"{cell(e['int8kit-ort-cpu'], lat, 'int8kit-ort-cpu')} | "
-            f"{cell(e['ort-u8-rr'], lat, 'ort-u8-rr')} | "
+            f"{cell(e['ort-u8-rr'], lat, 'ort-u8-rr')} | {peer_cell} | "
             f"{'-' if ref is None else f'{ref:.4f}'} | "
             f"{min(lat['load_1min']):.1f}-{max(lat['load_1min']):.1f} |"
         )
         qil = "int8kit-ort-cpu --quantize-input-layers"
         if qil in e:
-            rows.append(f"| {name}, {qil} | {metric} | | {cell(e[qil], lat, qil)} | | | |")
+            rows.append(f"| {name}, {qil} | {metric} | | {cell(e[qil], lat, qil)} | | | | |")
     return "\n".join(rows)
 
 
@@ -240,7 +261,9 @@ def main(argv=None) -> int:
             results["models"][name] = retime(name, results["models"][name], args)
         else:
             results["models"][name] = run_model(name, args)
-        results["models"][name]["seconds"] = round(time.perf_counter() - t0, 1)
+        entry = results["models"][name]
+        entry["zoo_peers_ort_int8"] = zoo_peers_on_ort(name, entry["primary_metric"])
+        entry["seconds"] = round(time.perf_counter() - t0, 1)
         write_json(result_path, results)  # after every model: a long run keeps what it measured
         print(table({"models": {name: results["models"][name]}}).splitlines()[-1], flush=True)
     print(table(results))
