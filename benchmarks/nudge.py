@@ -147,7 +147,7 @@ def measure(name: str, deltas) -> dict:
     ref, _ = run_all(session(model_path(name), "fp32"), feeds)
     out = {"deltas": {}}
     if OUT.is_file():  # a model measured before keeps what was not asked for this time
-        out = json.loads(OUT.read_text()).get(name, out)
+        out = {"deltas": {}, **json.loads(OUT.read_text()).get(name, {})}
     out["fp32_seconds"] = round(time.perf_counter() - t0, 2)
     for delta in deltas:
         path, row, reused = build(name, delta)
@@ -233,7 +233,9 @@ def table(results: dict) -> str:
         "metric: trt-like, evaluation set; score: mean over outputs of the Q/DQ model's SQNR vs "
         "FP32 on the last 4 calibration samples (holdout4, the ones quantize_onnx keeps out of "
         "calibration) or the last 16 (last16). `kept`: the delta of highest score; `seconds`: "
-        "the scoring passes over all draws (session + run, 2 shared cores), not the builds.",
+        "the scoring passes over all draws (session + run, 2 shared cores), not the builds. "
+        "An output the Q/DQ model reproduces exactly scores 200 dB (MiniLM's ~110 dB): the "
+        "same on every draw, it moves no choice.",
         "",
     ]
     summary = {}
