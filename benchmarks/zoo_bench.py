@@ -203,24 +203,15 @@ def shared_ranges(name: str, method: str) -> Path:
     return paths[method]
 
 
-def run_recipe(name: str, label: str, recipe: dict) -> dict:
+def quantize_entry(name: str, config, out: Path, keys, sizes: bool = False, **fields) -> dict:
+    """One int8kit run as a result entry: quantize_onnx(config) writing ``out``, timed; ``fields``
+    first, then the summaries of the result's ``keys`` (numbers and text as they are; with
+    ``sizes`` also collections, as their sizes), then the task metrics (trt-like). A failed run
+    is a result: {"ok": False, "failed": why}."""
     from zoo.evaluate import evaluate
 
     from int8kit.workflow import quantize_onnx
 
-    out = ZOO_MODELS_OUT / f"{name}.{label}.onnx"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    method = recipe.get("calib", {}).get("method")
-    shared = (
-        method in SHARED_METHODS
-        and not any(recipe.get(k) for k in ("smooth_quant", "equalize", "equalize_depthwise"))
-    )
-    try:
-        config = config_for(name, recipe, out)
-        if shared:
-            config.ranges = str(shared_ranges(name, method))
-    except TypeError as exc:
-        return {"ok": False, "skipped": f"this int8kit has no such option: {exc}"}
     t0 = time.perf_counter()
     try:
         r = quantize_onnx(config)
@@ -228,17 +219,39 @@ def run_recipe(name: str, label: str, recipe: dict) -> dict:
         return {"ok": False, "failed": f"{type(exc).__name__}: {str(exc)[:400]}"}
     entry = {
         "ok": True,
-        "recipe": recipe,
-        "shared_calibration": shared,
+        **fields,
         "quantize_s": time.perf_counter() - t0,
         "method": r.method,
         "qdq": qdq_counts(out),
     }
-    for key in ("bias_correction", "smooth_quant", "equalize", "equalize_depthwise", "center"):
+    kept = (int, float, str, dict, list) if sizes else (int, float, str)
+    for key in keys:
         v = getattr(r, key, None)
         if isinstance(v, dict) and v:
-            entry[key] = {k: x for k, x in v.items() if isinstance(x, (int, float, str))}
+            entry[key] = {
+                k: (x if isinstance(x, (int, float, str)) else len(x))
+                for k, x in v.items()
+                if isinstance(x, kept)
+            }
     entry["metrics"] = evaluate(name, out, backends=("trt-like",))
+    return entry
+
+
+def run_recipe(name: str, label: str, recipe: dict) -> dict:
+    out = ZOO_MODELS_OUT / f"{name}.{label}.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    method = recipe.get("calib", {}).get("method")
+    shared = method in SHARED_METHODS and not any(
+        recipe.get(k) for k in ("smooth_quant", "equalize", "equalize_depthwise")
+    )
+    try:
+        config = config_for(name, recipe, out)
+        if shared:
+            config.ranges = str(shared_ranges(name, method))
+    except TypeError as exc:
+        return {"ok": False, "skipped": f"this int8kit has no such option: {exc}"}
+    keys = ("bias_correction", "smooth_quant", "equalize", "equalize_depthwise", "center")
+    entry = quantize_entry(name, config, out, keys, recipe=recipe, shared_calibration=shared)
     out.unlink(missing_ok=True)  # a 2-core machine's disk is not the place to keep 200 models
     return entry
 

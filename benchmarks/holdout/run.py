@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1]
@@ -84,10 +83,9 @@ def int8_layers(path) -> str:
 def run_own(name: str, label: str, overrides: dict) -> dict:
     """quantize_onnx with QuantizeConfig's defaults (holdout included) plus ``overrides``."""
     from zoo import data_path
-    from zoo.evaluate import evaluate
 
     from int8kit.data import DataConfig
-    from int8kit.workflow import CalibConfig, QuantizeConfig, quantize_onnx
+    from int8kit.workflow import CalibConfig, QuantizeConfig
 
     out = zoo_bench.ZOO_MODELS_OUT / f"{name}.{label.split(':')[1]}.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -99,28 +97,10 @@ def run_own(name: str, label: str, overrides: dict) -> dict:
         calib=CalibConfig(**overrides.get("calib", {})),
         **fields,
     )
-    t0 = time.perf_counter()
-    try:
-        r = quantize_onnx(config)
-    except Exception as exc:  # a failed recipe is a result
-        return {"ok": False, "failed": f"{type(exc).__name__}: {str(exc)[:400]}"}
-    entry = {
-        "ok": True,
-        "overrides": overrides,
-        "quantize_s": time.perf_counter() - t0,
-        "method": r.method,
-        "qdq": zoo_bench.qdq_counts(out),
-    }
-    for key in ("bias_correction", "equalize_depthwise", "center"):
-        v = getattr(r, key, None)
-        if isinstance(v, dict) and v:  # numbers as they are, collections as their sizes
-            entry[key] = {
-                k: (x if isinstance(x, (int, float, str)) else len(x))
-                for k, x in v.items()
-                if isinstance(x, (int, float, str, dict, list))
-            }
-    entry["int8_layers"] = int8_layers(out)
-    entry["metrics"] = evaluate(name, out, backends=("trt-like",))
+    keys = ("bias_correction", "equalize_depthwise", "center")
+    entry = zoo_bench.quantize_entry(name, config, out, keys, sizes=True, overrides=overrides)
+    if entry["ok"]:
+        entry["int8_layers"] = int8_layers(out)
     return entry  # the model is kept (benchmarks/work/zoo_models/) for the per-layer analysis
 
 
