@@ -168,33 +168,53 @@ def constants_to_initializers(model) -> int:
         return 0
     floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
     graph = model.graph
-    outputs = {o.name for o in graph.output}
-    params = {
-        name
-        for n in graph.node
-        if n.op_type in ("Conv", "ConvTranspose", "Gemm")
-        for name in n.input[1:3]
-    }
-    keep, moved = [], []
-    for node in graph.node:
+    params = _layer_params(graph, matmul=False)
+
+    def tensor_of(node):
         attr = next((a for a in node.attribute if a.name == "value"), None)
         if (
             node.op_type != "Constant"
             or attr is None
-            or node.output[0] in outputs
             or attr.t.data_type not in floats
             or (math.prod(attr.t.dims) < 2 and node.output[0] not in params)
         ):
-            keep.append(node)
-            continue
+            return None
         tensor = attr.t
         tensor.name = node.output[0]
-        moved.append(tensor)
-    if moved:
-        graph.initializer.extend(moved)
+        return tensor
+
+    return _nodes_to_initializers(graph, tensor_of)
+
+
+def _layer_params(graph, matmul: bool) -> set[str]:
+    """Names a Conv, ConvTranspose or Gemm reads as its weight or bias (with ``matmul``, also a
+    MatMul's second input)."""
+    ops = ("Conv", "ConvTranspose", "Gemm") + (("MatMul",) if matmul else ())
+    return {
+        name
+        for n in graph.node
+        if n.op_type in ops
+        for name in n.input[1 : 2 if n.op_type == "MatMul" else 3]
+    }
+
+
+def _nodes_to_initializers(graph, tensor_of) -> int:
+    """Replace each node of ``graph`` for which ``tensor_of(node)`` gives a tensor (named as the
+    node's output) by that tensor as an initializer, in place, graph outputs aside; returns how
+    many."""
+    outputs = {o.name for o in graph.output}
+    keep, made = [], []
+    for node in graph.node:
+        tensor = None if node.output[0] in outputs else tensor_of(node)
+        if tensor is None:
+            keep.append(node)
+        else:
+            made.append(tensor)
+    if made:
+        graph.initializer.extend(made)
         del graph.node[:]
         graph.node.extend(keep)
-    return len(moved)
+    return len(made)
 
 
 def fills_to_initializers(model) -> int:
@@ -208,32 +228,21 @@ def fills_to_initializers(model) -> int:
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    params = {
-        name
-        for n in graph.node
-        if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
-        for name in n.input[1 : 2 if n.op_type == "MatMul" else 3]
-    }
-    keep, made = [], []
-    for node in graph.node:
+    params = _layer_params(graph, matmul=True)
+
+    def tensor_of(node):
         if (
             node.op_type != "ConstantOfShape"
             or node.input[0] not in inits
             or node.output[0] not in params
-            or node.output[0] in outputs
         ):
-            keep.append(node)
-            continue
+            return None
         attr = next((a for a in node.attribute if a.name == "value"), None)
         fill = numpy_helper.to_array(attr.t) if attr is not None else np.zeros(1, np.float32)
         shape = numpy_helper.to_array(inits[node.input[0]]).astype(np.int64).tolist()
-        made.append(numpy_helper.from_array(np.full(shape, fill.ravel()[0]), node.output[0]))
-    if made:
-        graph.initializer.extend(made)
-        del graph.node[:]
-        graph.node.extend(keep)
-    return len(made)
+        return numpy_helper.from_array(np.full(shape, fill.ravel()[0]), node.output[0])
+
+    return _nodes_to_initializers(graph, tensor_of)
 
 
 def bypass_initializer_identities(model) -> int:
