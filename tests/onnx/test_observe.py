@@ -121,3 +121,71 @@ def test_sessions_with_weights_in_memory_compute_the_same(monkeypatch, optimize)
             np.testing.assert_array_equal(a, b)
     assert [o.name for o in exposed.get_outputs()] == names[:2]
     assert m.SerializeToString() == before  # the caller's model is not touched
+
+
+def matmul_chain(layers: int, width: int):
+    """x(rows, width) -> ``layers`` MatMuls by width x width weights, a Relu between each."""
+    nodes, prev = [], "x"
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"mm{i}"))
+        nodes.append(helper.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"relu{i}"))
+        prev = f"r{i}"
+    inits = [
+        models.weight(f"w{i}", (width, width), i, scale=1 / np.sqrt(width)) for i in range(layers)
+    ]
+    return models.model(
+        nodes, [models.value("x", ("N", width))], [models.value(prev, ("N", width))], inits
+    )
+
+
+def forward(m, x):
+    w = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    out = {}
+    for k in range(len(w)):
+        x = np.maximum(x @ w[f"w{k}"], 0)
+        out[f"r{k}"] = x
+    return out
+
+
+@pytest.mark.skipif(ob._ort_threads(leave_one_core=False) < 2, reason="needs 2 cores")
+@pytest.mark.parametrize("slow_caller", [False, True])
+def test_run_exposed_gives_onnx_runtime_every_core_when_its_passes_are_the_slow_part(
+    monkeypatch, slow_caller
+):
+    # A forward pass of ~0.4 GFLOP against a caller that does nothing: ONNX Runtime is the
+    # slower part by far, and after ADAPT_AT batches it gets a session with every core. A
+    # caller that takes 30 ms a batch on a model of a few kFLOP keeps the core it has.
+    import time
+
+    cores = ob._ort_threads(leave_one_core=False)
+    threads = []
+    make = ob.make_session
+
+    def recording(*args, **kwargs):
+        threads.append(kwargs.get("threads"))
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(ob, "make_session", recording)
+    width = 8 if slow_caller else 1024
+    m = matmul_chain(3, width)
+    rng = np.random.default_rng(0)
+    batches = [{"x": rng.normal(size=(64, width)).astype(np.float32)} for _ in range(10)]
+    names = ["r0", "r2"]
+    got = []
+    for values in ob.run_exposed(m, names, batches):
+        got.append(values)
+        if slow_caller:
+            time.sleep(0.03)
+    assert len(got) == len(batches)
+    for b, values in zip(batches, got, strict=True):  # every batch once, in order
+        ref = forward(m, b["x"])
+        for n in names:
+            np.testing.assert_allclose(values[n], ref[n], rtol=1e-3, atol=1e-3)
+    assert threads == ([cores - 1] if slow_caller else [cores - 1, cores])
+
+
+def test_onnx_runtime_is_the_slow_part_by_medians_without_the_first_batch():
+    # the first batch (session warm-up, numba's load in the caller) does not count
+    assert ob._ort_bound([0.01, 0.5, 0.5, 0.5], [9.0, 0.2, 0.2]) is True
+    assert ob._ort_bound([5.0, 0.3, 0.3, 0.3], [0.01, 0.2, 0.2]) is False  # 1.5x < 2x
+    assert ob._ort_bound([0.5, 0.5], [0.1]) is False  # no timed caller batch yet
