@@ -146,3 +146,20 @@ def test_embeddings_get_no_top1_unless_the_task_is_named():
     x = np.random.default_rng(0).standard_normal((1, 32))
     assert guess_task(x) == "classify" and guess_task(x, embedding=True) == "raw"
     assert guess_task(np.arange(32).reshape(1, 32)) == "raw"  # token ids (MiniLM's 'output')
+
+
+def test_few_class_outputs_are_class_scores_only_as_probabilities():
+    # A 4-way orientation classifier's softmax gets top-1 agreement; a (N, 4) box or 4 logits
+    # (which could as well be a regression) stay raw, and so does a softmax-shaped embedding.
+    from int8kit.analysis.fidelity import guess_task
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((3, 4))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert guess_task(probs.astype(np.float32)) == "classify"
+    assert guess_task(probs[:, :2] / probs[:, :2].sum(1, keepdims=True)) == "classify"
+    assert guess_task(logits) == "raw"
+    assert guess_task(rng.uniform(0, 320, (3, 4))) == "raw"  # boxes
+    assert guess_task(probs * 0.9) == "raw"  # rows sum to 0.9: sigmoid scores, not one choice
+    assert guess_task(probs[:, :1] / probs[:, :1]) == "raw"  # one column
+    assert guess_task(probs, embedding=True) == "raw"

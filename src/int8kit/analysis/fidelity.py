@@ -52,7 +52,9 @@ def guess_task(output: np.ndarray, embedding: bool = False) -> str:
     scores within [0, 1], boxes in pixels), 'classify' for (N, C) logits, else 'raw'. The values
     are looked at too: a face detector's landmark offsets (N, A, 10) or a YOLOX head's raw logits
     (N, A, 5+nc) have the shape of detections but are no boxes and scores, and an mAP of them
-    would mean nothing. Integers (token ids passed through) and an ``embedding``
+    would mean nothing. (N, C) with fewer than 10 columns is 'classify' only where every row is
+    a probability distribution (a softmax: a 4-way orientation classifier), since (N, 4) is as
+    often a box. Integers (token ids passed through) and an ``embedding``
     (embedding_outputs) of classifier shape are 'raw': their top-1 means nothing."""
     shape = output.shape
     if not np.issubdtype(output.dtype, np.floating):
@@ -61,7 +63,17 @@ def guess_task(output: np.ndarray, embedding: bool = False) -> str:
         return "detect" if _decoded_detections(output) else "raw"
     if len(shape) == 2 and shape[1] >= 10 or (len(shape) == 4 and shape[2:] == (1, 1)):
         return "raw" if embedding else "classify"
+    if len(shape) == 2 and shape[1] >= 2 and not embedding and _distributions(output):
+        return "classify"
     return "raw"
+
+
+def _distributions(x: np.ndarray, tol: float = 1e-3) -> bool:
+    """Every row of the 2-D ``x`` in [0, 1] and summing to 1 (within ``tol``)."""
+    if x.size == 0 or not np.all(np.isfinite(x)):
+        return False
+    rows = x.astype(np.float64).sum(axis=1)
+    return bool(x.min() >= -tol and x.max() <= 1 + tol and np.all(np.abs(rows - 1) <= tol))
 
 
 # An output computed by one of these (past the ops below) is a feature vector, not class scores:
