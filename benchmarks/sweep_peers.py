@@ -1,0 +1,440 @@
+"""The peers beside int8kit's default on the sweep's real models outside the zoo (sweep.py).
+
+The default recipe was chosen on the zoo; the sweep checks it only for robustness. Here every
+sweep model that the default quantized (status ok, Q/DQ > 0) is quantized again by int8kit's
+default, NNCF (default preset and signed INT8), and ONNX Runtime's quantize_static MinMax, all on
+the SAME calibration samples, and all are scored with the SAME metric on the SAME held-out
+samples.
+
+Split: as the sweep's command ``int8kit quantize MODEL --calib DATA.npz --holdout 8`` makes it
+(int8kit.data.split): an .npz calibrates on its first 32 samples in file order and holds out the
+last 8; a loader script (mtcnn_pnet_pyramid) calibrates on all its feeds but the last 8. Those
+calibration feeds, one whole feed per sample, are written to work/sweep_peers/<model>.feeds.npz
+and handed to the peer runners through peers/feeds_runner.py. int8kit runs as the user types it
+(the CLI, in a subprocess). Score: int8kit.workflow.fidelity (what the CLI reports), trt-like
+backend (ONNX Runtime with graph optimizations off: fake-quant as TensorRT computes it) against
+the FP32 model as int8kit reads it (an FP16 model computed in FP32), on the 8 held-out feeds:
+the worst output's SQNR and the mean over outputs of the cosine; an output whose length depends
+on the values is compared on the common part (fidelity does). A peer that fails or times out is
+a result. TensorRT-deployable = zoo_bench.trt_deployable (signed INT8, zero point 0, one scale
+per activation tensor).
+
+    .venv/bin/python benchmarks/sweep_peers.py [--models NAME ...] [--timeout S] [--redo]
+    .venv/bin/python benchmarks/sweep_peers.py --dig NAME ...   # int8kit with single options off
+    .venv/bin/python benchmarks/sweep_peers.py --table          # results/sweep_peers.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from common import python_of, save_json  # noqa: E402
+from run_all import PEERS as TWO_MODEL_PEERS  # noqa: E402
+from sweep import BY_NAME, MODELS, N_HOLDOUT, data_file, model_file  # noqa: E402
+from zoo import ROOT, relative  # noqa: E402
+
+WORK = BENCH / "work" / "sweep_peers"
+RESULTS = BENCH / "results"
+SWEEP_JSON = RESULTS / "sweep.json"
+PEERS = {k: TWO_MODEL_PEERS[k] for k in ("nncf", "nncf-signed", "ort-minmax")}
+PEER_COLUMNS = {"nncf": "NNCF", "nncf-signed": "NNCF signed", "ort-minmax": "ORT MinMax"}
+# int8kit with one option of the default recipe off (--dig): label -> CLI flags
+VARIANTS = {
+    "int8kit": [],
+    "int8kit no-center": ["--no-center-one-sided"],
+    "int8kit no-dw-eq": ["--no-equalize-depthwise"],
+    "int8kit no-bc": ["--no-bias-correction"],
+    "int8kit minmax": ["--method", "minmax"],
+}
+MAX_SWEEP_SECONDS = 120.0
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def candidates(max_seconds: float) -> tuple[list[str], dict[str, str]]:
+    """(sweep models to run, {model left out: why}): status ok with Q/DQ written."""
+    rows = {r["model"]: r for r in json.loads(SWEEP_JSON.read_text())}
+    keep, out = [], {}
+    for m in MODELS:
+        r = rows.get(m.name)
+        if r is None or r["status"] != "ok":
+            out[m.name] = f"sweep status {r['status'] if r else 'missing'}"
+        elif not r.get("int8", {}).get("q"):
+            out[m.name] = "the default wrote no Q/DQ"
+        elif r.get("seconds", 0) > max_seconds:
+            out[m.name] = f"int8kit took {r['seconds']} s in the sweep (> {max_seconds:.0f} s)"
+        else:
+            keep.append(m.name)
+    keep.sort(key=lambda n: rows[n].get("seconds", 0))
+    return keep, out
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def data_config(name: str):
+    from int8kit.data import DataConfig
+
+    m = BY_NAME[name]
+    if m.loader:
+        return DataConfig(source=f"{relative(BENCH / 'sweep.py')}:{m.loader}", kind="script")
+    return DataConfig(source=relative(data_file(m)))
+
+
+def reference(name: str):
+    """The FP32 model as int8kit reads it (an FP16 model computed in FP32, same function)."""
+    from int8kit.onnx.model_io import load_model
+    from int8kit.onnx.upcast import upcast_fp16
+
+    model = load_model(model_file(BY_NAME[name]))
+    upcast_fp16(model)
+    return model
+
+
+def split_feeds(name: str, model) -> tuple[list[dict], list[dict]]:
+    """(calibration feeds, held-out feeds) of the sweep's split (int8kit.data.split)."""
+    from int8kit.data import split
+    from int8kit.onnx.model_io import input_specs
+
+    calib, held = split(data_config(name), input_specs(model), N_HOLDOUT)
+    return list(calib), list(held)
+
+
+def write_feeds(path: Path, feeds: list[dict]) -> None:
+    """One array per sample and input, keyed "<i>:<input>" (peers/feeds_runner.py reads it)."""
+    arrays = {f"{i}:{k}": np.asarray(v) for i, f in enumerate(feeds) for k, v in f.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def _tail(text: str, n: int = 400) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return " | ".join(lines[-3:])[-n:] if lines else ""
+
+
+def run_cmd(cmd: list, log_path: Path, timeout: float) -> dict:
+    """Run ``cmd`` from the repository root: rc, seconds, its last JSON line; a timeout or a
+    failure is a result."""
+    t0 = time.perf_counter()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        proc = subprocess.run(
+            [str(c) for c in cmd],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "failed": f"timed out after {timeout:.0f} s"}
+    seconds = round(time.perf_counter() - t0, 1)
+    log_path.write_text(f"$ {' '.join(map(str, cmd))}\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    if proc.returncode:
+        return {
+            "ok": False,
+            "seconds": seconds,
+            "failed": f"rc {proc.returncode}: " + _tail(proc.stderr or proc.stdout),
+        }
+    last = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
+    return {"ok": True, "seconds": seconds, "printed": json.loads(last) if last else {}}
+
+
+def run_int8kit(name: str, label: str, out: Path, timeout: float) -> dict:
+    m = BY_NAME[name]
+    summary = out.with_suffix(".json")
+    cmd = [sys.executable, "-m", "int8kit", "quantize", relative(model_file(m))]
+    if m.loader:
+        cmd += ["--data-loader-script", f"{relative(BENCH / 'sweep.py')}:{m.loader}"]
+    else:
+        cmd += ["--calib", relative(data_file(m))]
+    cmd += ["-o", relative(out), "--holdout", str(N_HOLDOUT), "--json", relative(summary)]
+    cmd += VARIANTS[label]
+    r = run_cmd(cmd, out.with_suffix(".log"), timeout)
+    r["command"] = " ".join(["int8kit"] + cmd[3:])
+    if r["ok"]:
+        js = json.loads(summary.read_text())
+        r["recipe"] = js.get("recipe")
+        r["center"] = _sizes(js.get("center"))
+        r["equalize_depthwise"] = _sizes(js.get("equalize_depthwise"))
+        bc = js.get("bias_correction")
+        r["bias_correction"] = _sizes(bc)
+        trt = js.get("fidelity", {}).get("trt-like", {})
+        vals = [v["sqnr_db"] for v in trt.values() if isinstance(v, dict) and "sqnr_db" in v]
+        r["cli_sqnr_db"] = min(vals) if vals else None  # the CLI's own figure, a cross-check
+    return r
+
+
+def _sizes(d) -> dict | None:
+    """A summary dict with its numbers and text as they are and its collections as sizes."""
+    if not isinstance(d, dict):
+        return None
+    return {
+        k: v if isinstance(v, (int, float, str, bool)) or v is None else len(v)
+        for k, v in d.items()
+    }
+
+
+def run_peer(name: str, label: str, feeds: Path, out: Path, timeout: float) -> dict:
+    venv, _, runner, variant = PEERS[label]
+    cmd = [python_of(venv), BENCH / "peers" / "feeds_runner.py", BENCH / runner]
+    cmd += [model_file(BY_NAME[name]), feeds, out]
+    if variant:
+        cmd.append(variant)
+    if not Path(cmd[0]).exists():
+        return {"ok": False, "failed": f"no venv at {relative(Path(cmd[0]).parents[1])}"}
+    r = run_cmd(cmd, out.with_suffix(".log"), timeout)
+    if r["ok"] and not out.is_file():
+        r.update(ok=False, failed="the runner wrote no model")
+    if r.get("printed"):
+        r["quantize_s"] = round(r["printed"].get("quantize_s", 0), 1)
+    return r
+
+
+def score(ref, out: Path, held: list[dict]) -> dict:
+    """trt-like fidelity of ``out`` vs ``ref`` on ``held`` (int8kit.workflow.fidelity)."""
+    from zoo_bench import qdq_counts, trt_deployable
+
+    from int8kit.analysis.fidelity import failure
+    from int8kit.onnx.model_io import load_model
+    from int8kit.workflow import fidelity
+
+    model = load_model(out)
+    deploy, why = trt_deployable(out)
+    entry = {"qdq": qdq_counts(out), "trt_deployable": deploy, "why_not": why}
+    trt = fidelity(ref, model, held, backends=("trt-like",))["trt-like"]
+    reason = failure(trt)
+    if reason:
+        return {**entry, "ok": False, "failed": reason}
+    outputs = {
+        n: {k: v for k, v in o.items() if k in ("sqnr_db", "cosine", "shape_differs")}
+        for n, o in trt.items()
+    }
+    sq = [o["sqnr_db"] for o in outputs.values()]
+    cos = [o["cosine"] for o in outputs.values()]
+    return {
+        **entry,
+        "sqnr_db": min(sq),
+        "cosine_mean": float(np.mean(cos)),
+        "outputs": outputs,
+    }
+
+
+def run_model(name: str, labels: list[str], timeout: float, redo: bool) -> dict:
+    path = WORK / f"{name}.json"
+    entries = json.loads(path.read_text()) if path.is_file() else {}
+    todo = [lb for lb in labels if redo or lb not in entries]
+    if not todo:
+        return entries
+    ref = reference(name)
+    calib, held = split_feeds(name, ref)
+    feeds = WORK / f"{name}.feeds.npz"
+    if any(lb in PEERS for lb in todo):
+        write_feeds(feeds, calib)
+    for label in todo:
+        out = WORK / "out" / f"{name}.{label.replace(' ', '.')}.onnx"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.unlink(missing_ok=True)
+        log(f"{name}: {label}")
+        if label in PEERS:
+            r = run_peer(name, label, feeds, out, timeout)
+        else:
+            r = run_int8kit(name, label, out, timeout)
+        if r["ok"]:
+            try:
+                r.update(score(ref, out, held))
+            except Exception as exc:  # noqa: BLE001 - a model that cannot be scored is a result
+                r.update(ok=False, failed=f"scoring: {type(exc).__name__}: {str(exc)[:300]}")
+        r.pop("printed", None)
+        r["calib_samples"], r["held_out_samples"] = len(calib), len(held)
+        entries[label] = r
+        shown = f"{r['sqnr_db']:.2f} dB" if "sqnr_db" in r else r.get("failed")
+        log(f"{name}: {label}: {shown} ({r.get('seconds', '')} s)")
+        save_json(path, entries)
+    return entries
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _sq(e: dict | None) -> float | None:
+    return e.get("sqnr_db") if e and e.get("ok", True) and "sqnr_db" in e else None
+
+
+def _margin(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return None
+    if math.isinf(a) and math.isinf(b):
+        return 0.0
+    return a - b
+
+
+def summarize(name: str, entries: dict) -> dict:
+    mine = _sq(entries.get("int8kit"))
+    peers = {lb: _sq(entries.get(lb)) for lb in PEERS}
+    scored = {lb: v for lb, v in peers.items() if v is not None}
+    deploy = {lb: v for lb, v in scored.items() if entries[lb].get("trt_deployable")}
+    best = max(scored, key=scored.get) if scored else None
+    best_d = max(deploy, key=deploy.get) if deploy else None
+    return {
+        "model": name,
+        "data": BY_NAME[name].data,
+        "int8kit_sqnr_db": mine,
+        "peers_sqnr_db": peers,
+        "best_peer": best,
+        "margin_db": _margin(mine, scored.get(best)),
+        "best_deployable_peer": best_d,
+        "margin_deployable_db": _margin(mine, deploy.get(best_d)),
+    }
+
+
+def _cell(e: dict | None) -> str:
+    if e is None:
+        return "-"
+    if _sq(e) is None:
+        return "timeout" if "timed out" in e.get("failed", "") else "failed"
+    mark = "" if e.get("trt_deployable") else "*"
+    return f"{e['sqnr_db']:.1f}{mark}"
+
+
+def table(rows: list[dict], entries: dict[str, dict]) -> str:
+    head = (
+        "| model | data | int8kit SQNR | NNCF | NNCF signed | ORT MinMax | best peer | "
+        "int8kit - best peer (dB) | int8kit - best deployable (dB) |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for s in rows:
+        e = entries[s["model"]]
+        cells = [_cell(e.get(lb)) for lb in PEERS]
+        m, md = s["margin_db"], s["margin_deployable_db"]
+        lines.append(
+            f"| {s['model']} | {s['data']} | {_cell(e.get('int8kit'))} | {' | '.join(cells)} "
+            f"| {PEER_COLUMNS.get(s['best_peer'], '-')} "
+            f"| {'' if m is None else f'{m:+.1f}'} | {'' if md is None else f'{md:+.1f}'} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def dig_table(entries: dict[str, dict]) -> str:
+    labels = list(VARIANTS)
+    dug = [n for n, e in entries.items() if any(lb in e for lb in labels[1:])]
+    if not dug:
+        return ""
+    head = "| model | " + " | ".join(labels) + " | best peer |\n" + "|---" * (len(labels) + 2)
+    lines = []
+    for n in dug:
+        e = entries[n]
+        best = summarize(n, e)
+        peer = best["best_peer"]
+        cells = [_cell(e.get(lb)) for lb in labels]
+        lines.append(
+            f"| {n} | {' | '.join(cells)} | "
+            f"{PEER_COLUMNS.get(peer, '-')} {_cell(e.get(peer)) if peer else ''} |"
+        )
+    return head + "|\n" + "\n".join(lines) + "\n"
+
+
+def counts(rows: list[dict]) -> str:
+    dep = [s for s in rows if s["margin_deployable_db"] is not None]
+    anyk = [s for s in rows if s["margin_db"] is not None]
+    win_d = sum(s["margin_deployable_db"] >= 0 for s in dep)
+    win = sum(s["margin_db"] >= 0 for s in anyk)
+    near = sum(s["margin_db"] >= -0.5 for s in anyk)
+    return (
+        f"int8kit >= the best TensorRT-deployable peer on {win_d} of {len(dep)} models; >= the "
+        f"best peer of any kind on {win} of {len(anyk)} (within 0.5 dB of it on {near})."
+    )
+
+
+def write_results(left_out: dict[str, str]) -> str:
+    entries = {}
+    for m in MODELS:
+        p = WORK / f"{m.name}.json"
+        if p.is_file():
+            entries[m.name] = json.loads(p.read_text())
+    left_out = {k: v for k, v in left_out.items() if k not in entries}
+    rows = [summarize(n, e) for n, e in entries.items() if "int8kit" in e]
+    rows.sort(key=lambda s: (s["margin_db"] is None, s["margin_db"] or 0.0))
+    failures = [
+        f"- {n} {lb}: {e['failed']}"
+        for n, es in entries.items()
+        for lb, e in es.items()
+        if not e.get("ok", True) or "failed" in e
+    ]
+    summary = counts(rows)
+    save_json(
+        RESULTS / "sweep_peers.json",
+        {"summary": summary, "rows": rows, "entries": entries, "left_out": left_out},
+    )
+    dig = dig_table(entries)
+    md = (
+        "# Sweep models: int8kit's default beside NNCF and ONNX Runtime MinMax\n\n"
+        "Written by `benchmarks/sweep_peers.py` (see its docstring). The sweep's models "
+        "(`benchmarks/sweep.py`, none in the zoo) that the default quantized; every tool "
+        f"calibrates on the same samples (the sweep's split: all but the last {N_HOLDOUT}) and "
+        f"is scored on the same {N_HOLDOUT} held-out samples: worst-output SQNR (dB) vs FP32, "
+        "trt-like (ONNX Runtime, graph optimizations off: fake-quant as TensorRT computes it). "
+        "`*` = not TensorRT-deployable as written (NNCF default: UINT8 activations; per-channel "
+        "activation scales). Sorted by int8kit - best peer (of any kind).\n\n"
+        f"**{summary}**\n\n" + table(rows, entries)
+    )
+    if failures:
+        md += "\nFailures (a result, not a skipped run):\n\n" + "\n".join(failures) + "\n"
+    if left_out:
+        md += "\nNot run: " + "; ".join(f"{k} ({v})" for k, v in left_out.items()) + ".\n"
+    if dig:
+        md += "\n## int8kit with one option of the default off (worst-output SQNR, dB)\n\n" + dig
+    (RESULTS / "sweep_peers.md").write_text(md)
+    return md
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", choices=list(BY_NAME))
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per tool and model")
+    ap.add_argument("--max-sweep-seconds", type=float, default=MAX_SWEEP_SECONDS)
+    ap.add_argument("--redo", action="store_true", help="run again what has a result")
+    ap.add_argument("--dig", nargs="+", choices=list(BY_NAME), help="int8kit variants on these")
+    ap.add_argument("--table", action="store_true", help="only rewrite the results")
+    args = ap.parse_args(argv)
+    os.chdir(ROOT)
+    names, left_out = candidates(args.max_sweep_seconds)
+    if args.models:
+        names = [n for n in names if n in args.models] + [
+            n for n in args.models if n in left_out and n not in names
+        ]
+    if not args.table:
+        if args.dig:
+            for n in args.dig:
+                run_model(n, list(VARIANTS), args.timeout, args.redo)
+        else:
+            for n in names:
+                run_model(n, ["int8kit", *PEERS], args.timeout, args.redo)
+                write_results(left_out)
+    print(write_results(left_out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
