@@ -454,8 +454,10 @@ def run_exposed(
     core fewer than the machine has (the caller's histograms keep that one busy) unless its
     passes turn out to be the slower part (ADAPT_AT), or every core when ``light_consumer``
     says the caller does little per batch (min/max, means)."""
-    cores = _ort_threads(leave_one_core=False)
     threads = _ort_threads(leave_one_core=not light_consumer)
+    # CPU threads only matter where the CPU runs the model
+    on_cpu = all(p in ("CPUExecutionProvider",) for p in providers or ["CPUExecutionProvider"])
+    cores = _ort_threads(leave_one_core=False) if on_cpu else threads
     session = make_session(model, providers, threads=threads, outputs=names)
     inputs = {i.name for i in session.get_inputs()}
     caller_seconds: list[float] = []  # per batch handed over, appended by the caller's side
