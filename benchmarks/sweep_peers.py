@@ -56,7 +56,8 @@ VARIANTS = {
     "int8kit no-center": ["--no-center-one-sided"],
     "int8kit no-dw-eq": ["--no-equalize-depthwise"],
     "int8kit no-bc": ["--no-bias-correction"],
-    "int8kit minmax": ["--method", "minmax"],
+    "int8kit minmax": ["--method", "minmax"],  # an explicit method drops the recipe's extras
+    "int8kit minmax+ctr+dw": ["--method", "minmax", "--center-one-sided", "--equalize-depthwise"],
 }
 MAX_SWEEP_SECONDS = 120.0
 
@@ -195,10 +196,12 @@ def _sizes(d) -> dict | None:
     }
 
 
-def run_peer(name: str, label: str, feeds: Path, out: Path, timeout: float) -> dict:
+def run_peer(
+    name: str, label: str, feeds: Path, out: Path, timeout: float, model: Path | None = None
+) -> dict:
     venv, _, runner, variant = PEERS[label]
     cmd = [python_of(venv), BENCH / "peers" / "feeds_runner.py", BENCH / runner]
-    cmd += [model_file(BY_NAME[name]), feeds, out]
+    cmd += [model or model_file(BY_NAME[name]), feeds, out]
     if variant:
         cmd.append(variant)
     if not Path(cmd[0]).exists():
@@ -211,17 +214,97 @@ def run_peer(name: str, label: str, feeds: Path, out: Path, timeout: float) -> d
     return r
 
 
+OPSET_REFUSALS = (
+    "opset version < 10 do not support quantization",  # NNCF
+    "Unrecognized attribute: axis for operator DequantizeLinear",  # ORT per-channel below 13
+)
+
+
+def opset13(name: str) -> Path:
+    """The model converted to opset 13 (onnx.version_converter: the same function), which a
+    peer that refuses an old opset gets on a second try, as its user would do."""
+    import onnx
+    from onnx import version_converter
+
+    path = WORK / f"{name}.opset13.onnx"
+    if not path.is_file():
+        model = version_converter.convert_version(onnx.load(str(model_file(BY_NAME[name]))), 13)
+        onnx.save(model, str(path))
+    return path
+
+
+PASS_THROUGH = ("Transpose", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def int8_weight_layers(path: Path) -> int:
+    """Conv/ConvTranspose/Gemm/MatMul nodes of the main graph whose weight (input 1) comes out of
+    a DequantizeLinear and back, through Q/DQ and Transpose/Reshape/..., to a constant (an
+    initializer or a Constant node): an int8 weight, or a float one fake-quantized (NNCF's
+    Q -> DQ, which TensorRT folds). The layers a tool runs in INT8; the tools store weights
+    differently (sweep.census counts int8 initializers only)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    made = {o: n for n in model.graph.node for o in n.output}
+    follow = (*PASS_THROUGH, "QuantizeLinear", "DequantizeLinear")
+    count = 0
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(n.input) < 2:
+            continue
+        name, seen = n.input[1], set()
+        while name in made and made[name].op_type in follow:
+            seen.add(made[name].op_type)
+            name = made[name].input[0]
+        count += name in consts and "DequantizeLinear" in seen
+    return count
+
+
+def deployable(path: Path) -> tuple[bool, str]:
+    """zoo_bench.trt_deployable, except that a QuantizeLinear of a constant weight read through
+    an Identity/Transpose/DequantizeLinear/... or stored in a Constant node (NNCF's fake-quantized weights on
+    shared or paddle2onnx weights) is a weight, which TensorRT folds, not an activation with a
+    per-channel scale."""
+    import onnx
+    from zoo_bench import trt_deployable
+
+    ok, why = trt_deployable(path)
+    if ok:
+        return ok, why
+    reasons = [r for r in why.split("; ") if not r.startswith("per-channel activation scale")]
+    model = onnx.load(str(path), load_external_data=False)
+    sizes = {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            sizes[n.output[0]] = int(np.prod(n.attribute[0].t.dims))
+    made = {o: n for n in model.graph.node for o in n.output}
+    bad = nq = 0
+    for n in model.graph.node:
+        if n.op_type != "QuantizeLinear":
+            continue
+        nq += 1
+        name = n.input[0]
+        while name in made and made[name].op_type in (*PASS_THROUGH, "DequantizeLinear"):
+            name = made[name].input[0]
+        bad += name not in sizes and sizes.get(n.input[1], 1) > 1
+    if bad:
+        reasons.append(f"per-channel activation scale: {bad} of {nq}")
+    return not reasons, "; ".join(reasons)
+
+
 def score(ref, out: Path, held: list[dict]) -> dict:
     """trt-like fidelity of ``out`` vs ``ref`` on ``held`` (int8kit.workflow.fidelity)."""
-    from zoo_bench import qdq_counts, trt_deployable
+    from zoo_bench import qdq_counts
 
     from int8kit.analysis.fidelity import failure
     from int8kit.onnx.model_io import load_model
     from int8kit.workflow import fidelity
 
     model = load_model(out)
-    deploy, why = trt_deployable(out)
+    deploy, why = deployable(out)
     entry = {"qdq": qdq_counts(out), "trt_deployable": deploy, "why_not": why}
+    entry["layers_int8"] = int8_weight_layers(out)
     trt = fidelity(ref, model, held, backends=("trt-like",))["trt-like"]
     reason = failure(trt)
     if reason:
@@ -240,10 +323,25 @@ def score(ref, out: Path, held: list[dict]) -> dict:
     }
 
 
+def _scored(r: dict, ref, out: Path, held: list[dict]) -> dict:
+    if r["ok"]:
+        try:
+            r.update(score(ref, out, held))
+        except Exception as exc:  # noqa: BLE001 - a model that cannot be scored is a result
+            r.update(ok=False, failed=f"scoring: {type(exc).__name__}: {str(exc)[:300]}")
+    return r
+
+
 def run_model(name: str, labels: list[str], timeout: float, redo: bool) -> dict:
     path = WORK / f"{name}.json"
     entries = json.loads(path.read_text()) if path.is_file() else {}
-    todo = [lb for lb in labels if redo or lb not in entries]
+    todo = [
+        lb
+        for lb in labels
+        if redo
+        or lb not in entries
+        or (lb in PEERS and any(w in entries[lb].get("failed", "") for w in OPSET_REFUSALS))
+    ]
     if not todo:
         return entries
     ref = reference(name)
@@ -260,11 +358,15 @@ def run_model(name: str, labels: list[str], timeout: float, redo: bool) -> dict:
             r = run_peer(name, label, feeds, out, timeout)
         else:
             r = run_int8kit(name, label, out, timeout)
-        if r["ok"]:
+        r = _scored(r, ref, out, held)
+        if label in PEERS and any(why in r.get("failed", "") for why in OPSET_REFUSALS):
+            log(f"{name}: {label} refused the opset: again on the model converted to opset 13")
             try:
-                r.update(score(ref, out, held))
-            except Exception as exc:  # noqa: BLE001 - a model that cannot be scored is a result
-                r.update(ok=False, failed=f"scoring: {type(exc).__name__}: {str(exc)[:300]}")
+                again = run_peer(name, label, feeds, out, timeout, model=opset13(name))
+            except Exception as exc:  # noqa: BLE001 - a model the converter cannot convert
+                again = {"ok": False, "failed": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            again = _scored(again, ref, out, held)
+            r = {**again, "opset13": True, "first_failed": r["failed"]}
         r.pop("printed", None)
         r["calib_samples"], r["held_out_samples"] = len(calib), len(held)
         entries[label] = r
@@ -313,16 +415,17 @@ def _cell(e: dict | None) -> str:
         return "-"
     if _sq(e) is None:
         return "timeout" if "timed out" in e.get("failed", "") else "failed"
-    mark = "" if e.get("trt_deployable") else "*"
+    mark = ("" if e.get("trt_deployable") else "*") + ("°" if e.get("opset13") else "")
     return f"{e['sqnr_db']:.1f}{mark}"
 
 
 def table(rows: list[dict], entries: dict[str, dict]) -> str:
     head = (
         "| model | data | int8kit SQNR | NNCF | NNCF signed | ORT MinMax | best peer | "
-        "int8kit - best peer (dB) | int8kit - best deployable (dB) |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        "int8kit - best peer (dB) | int8kit - best deployable (dB) | int8 weight layers |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
     )
+    labels = ["int8kit", *PEERS]
     lines = []
     for s in rows:
         e = entries[s["model"]]
@@ -331,7 +434,8 @@ def table(rows: list[dict], entries: dict[str, dict]) -> str:
         lines.append(
             f"| {s['model']} | {s['data']} | {_cell(e.get('int8kit'))} | {' | '.join(cells)} "
             f"| {PEER_COLUMNS.get(s['best_peer'], '-')} "
-            f"| {'' if m is None else f'{m:+.1f}'} | {'' if md is None else f'{md:+.1f}'} |"
+            f"| {'' if m is None else f'{m:+.1f}'} | {'' if md is None else f'{md:+.1f}'} "
+            f"| {' / '.join(str(e.get(lb, {}).get('layers_int8', '-')) for lb in labels)} |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -356,6 +460,10 @@ def dig_table(entries: dict[str, dict]) -> str:
 
 
 def counts(rows: list[dict]) -> str:
+    """The summary line; rows where int8kit's SQNR is infinite (an output it reproduces exactly:
+    the onnx_light test models' saturated softmax) are left out of the counts."""
+    exact = [s["model"] for s in rows if s["int8kit_sqnr_db"] == math.inf]
+    rows = [s for s in rows if s["model"] not in exact]
     dep = [s for s in rows if s["margin_deployable_db"] is not None]
     anyk = [s for s in rows if s["margin_db"] is not None]
     win_d = sum(s["margin_deployable_db"] >= 0 for s in dep)
@@ -363,8 +471,33 @@ def counts(rows: list[dict]) -> str:
     near = sum(s["margin_db"] >= -0.5 for s in anyk)
     return (
         f"int8kit >= the best TensorRT-deployable peer on {win_d} of {len(dep)} models; >= the "
-        f"best peer of any kind on {win} of {len(anyk)} (within 0.5 dB of it on {near})."
+        f"best peer of any kind on {win} of {len(anyk)} (within 0.5 dB of it on {near})"
+        + (f"; not counted (int8kit SQNR inf): {', '.join(exact)}" if exact else "")
+        + "."
     )
+
+
+def _backfill(name: str, entries: dict) -> None:
+    """layers_int8 and TensorRT-deployability of the scored runs, judged again from the models
+    kept (runs written before int8_weight_layers and deployable judged them as they do now)."""
+    changed = False
+    for label, e in entries.items():
+        out = WORK / "out" / f"{name}.{label.replace(' ', '.')}.onnx"
+        if "sqnr_db" in e and out.is_file():
+            n, (ok, why) = int8_weight_layers(out), deployable(out)
+            changed |= (e.get("layers_int8"), e.get("trt_deployable"), e.get("why_not")) != (
+                n,
+                ok,
+                why,
+            )
+            e.update(layers_int8=n, trt_deployable=ok, why_not=why)
+    if changed:
+        save_json(WORK / f"{name}.json", entries)
+
+
+def _relative(text: str) -> str:
+    """Result files hold repository-relative paths (a peer's traceback names its venv's files)."""
+    return text.replace(str(ROOT) + "/", "")
 
 
 def write_results(left_out: dict[str, str]) -> str:
@@ -373,6 +506,7 @@ def write_results(left_out: dict[str, str]) -> str:
         p = WORK / f"{m.name}.json"
         if p.is_file():
             entries[m.name] = json.loads(p.read_text())
+            _backfill(m.name, entries[m.name])
     left_out = {k: v for k, v in left_out.items() if k not in entries}
     rows = [summarize(n, e) for n, e in entries.items() if "int8kit" in e]
     rows.sort(key=lambda s: (s["margin_db"] is None, s["margin_db"] or 0.0))
@@ -383,10 +517,10 @@ def write_results(left_out: dict[str, str]) -> str:
         if not e.get("ok", True) or "failed" in e
     ]
     summary = counts(rows)
-    save_json(
-        RESULTS / "sweep_peers.json",
-        {"summary": summary, "rows": rows, "entries": entries, "left_out": left_out},
+    text = json.dumps(
+        {"summary": summary, "rows": rows, "entries": entries, "left_out": left_out}, indent=1
     )
+    (RESULTS / "sweep_peers.json").write_text(_relative(text) + "\n")
     dig = dig_table(entries)
     md = (
         "# Sweep models: int8kit's default beside NNCF and ONNX Runtime MinMax\n\n"
@@ -395,8 +529,14 @@ def write_results(left_out: dict[str, str]) -> str:
         f"calibrates on the same samples (the sweep's split: all but the last {N_HOLDOUT}) and "
         f"is scored on the same {N_HOLDOUT} held-out samples: worst-output SQNR (dB) vs FP32, "
         "trt-like (ONNX Runtime, graph optimizations off: fake-quant as TensorRT computes it). "
-        "`*` = not TensorRT-deployable as written (NNCF default: UINT8 activations; per-channel "
-        "activation scales). Sorted by int8kit - best peer (of any kind).\n\n"
+        "int8 weight layers = Conv/ConvTranspose/Gemm/MatMul layers that read an int8 weight in "
+        "the model written by int8kit / NNCF / NNCF signed / ORT MinMax, int8 or fake-quantized "
+        "(int8_weight_layers; a tool that quantizes fewer layers keeps more of FP32's "
+        "accuracy). `*` = not TensorRT-deployable as written (NNCF default: UINT8 activations; per-channel "
+        "activation scales). `°` = the peer refused the model's opset (NNCF: below 10; ORT "
+        "MinMax: per-channel DequantizeLinear needs 13) and ran on a copy converted to opset 13 "
+        "(onnx.version_converter, same function); scored against the original FP32. "
+        "Sorted by int8kit - best peer (of any kind).\n\n"
         f"**{summary}**\n\n" + table(rows, entries)
     )
     if failures:
@@ -405,7 +545,7 @@ def write_results(left_out: dict[str, str]) -> str:
         md += "\nNot run: " + "; ".join(f"{k} ({v})" for k, v in left_out.items()) + ".\n"
     if dig:
         md += "\n## int8kit with one option of the default off (worst-output SQNR, dB)\n\n" + dig
-    (RESULTS / "sweep_peers.md").write_text(md)
+    (RESULTS / "sweep_peers.md").write_text(_relative(md))
     return md
 
 
