@@ -21,6 +21,7 @@ per activation tensor).
 
     .venv/bin/python benchmarks/sweep_peers.py [--models NAME ...] [--timeout S] [--redo]
     .venv/bin/python benchmarks/sweep_peers.py --dig NAME ...   # int8kit with single options off
+    .venv/bin/python benchmarks/sweep_peers.py --dig-tensors NAME ...  # one tensor's range each
     .venv/bin/python benchmarks/sweep_peers.py --table          # results/sweep_peers.{json,md}
 """
 
@@ -161,7 +162,9 @@ def run_cmd(cmd: list, log_path: Path, timeout: float) -> dict:
     return {"ok": True, "seconds": seconds, "printed": json.loads(last) if last else {}}
 
 
-def run_int8kit(name: str, label: str, out: Path, timeout: float) -> dict:
+def run_int8kit(
+    name: str, label: str, out: Path, timeout: float, flags: list[str] | None = None
+) -> dict:
     m = BY_NAME[name]
     summary = out.with_suffix(".json")
     cmd = [sys.executable, "-m", "int8kit", "quantize", relative(model_file(m))]
@@ -170,7 +173,7 @@ def run_int8kit(name: str, label: str, out: Path, timeout: float) -> dict:
     else:
         cmd += ["--calib", relative(data_file(m))]
     cmd += ["-o", relative(out), "--holdout", str(N_HOLDOUT), "--json", relative(summary)]
-    cmd += VARIANTS[label]
+    cmd += VARIANTS[label] if flags is None else flags
     r = run_cmd(cmd, out.with_suffix(".log"), timeout)
     r["command"] = " ".join(["int8kit"] + cmd[3:])
     if r["ok"]:
@@ -323,6 +326,44 @@ def score(ref, out: Path, held: list[dict]) -> dict:
     }
 
 
+def dig_tensors(name: str, timeout: float) -> dict:
+    """The default's own ranges (its ranges.json, --ranges) with the amax of ONE activation
+    tensor set to the largest |value| calibration saw (what minmax gives it), one run per
+    tensor, and with every tensor's: the worst-output SQNR of each, to find which tensor's
+    range loses (the centring's own ranges stay as they are)."""
+    path = WORK / f"{name}.json"
+    entries = json.loads(path.read_text())
+    src = WORK / "out" / f"{name}.int8kit.ranges.json"
+    tensors = json.loads(src.read_text())["tensors"]
+    plain = [k for k, r in tensors.items() if "shift" not in r and "max" in r]
+    ref = reference(name)
+    _, held = split_feeds(name, ref)
+    found = {}
+    for i, which in enumerate([None, *plain]):
+        edited = json.loads(src.read_text())
+        for k in plain if which is None else [which]:
+            r = edited["tensors"][k]
+            r["amax"] = max(abs(r["max"]), abs(r.get("min", 0.0)))
+            r.pop("scale", None)
+        given = WORK / "out" / f"{name}.tensor{i}.in.json"  # not the output's ranges.json name
+        given.write_text(json.dumps(edited))
+        out = WORK / "out" / f"{name}.tensor{i}.onnx"
+        r = run_int8kit(name, "int8kit", out, timeout, flags=["--ranges", relative(given)])
+        r = _scored(r, ref, out, held)
+        key = "every tensor" if which is None else which
+        found[key] = {
+            "amax": None
+            if which is None
+            else [tensors[which]["amax"], edited["tensors"][which]["amax"]],
+            "sqnr_db": r.get("sqnr_db"),
+            "failed": r.get("failed"),
+        }
+        log(f"{name}: max range on {key}: {r.get('sqnr_db', r.get('failed'))}")
+    entries["int8kit"]["tensor_dig"] = found
+    save_json(path, entries)
+    return found
+
+
 def _scored(r: dict, ref, out: Path, held: list[dict]) -> dict:
     if r["ok"]:
         try:
@@ -459,6 +500,36 @@ def dig_table(entries: dict[str, dict]) -> str:
     return head + "|\n" + "\n".join(lines) + "\n"
 
 
+def tensor_table(entries: dict[str, dict], top: int = 3) -> str:
+    """The --dig-tensors runs: every tensor at its max range, and the ``top`` single tensors
+    whose max range helps most."""
+    lines = []
+    for n, e in entries.items():
+        found = e.get("int8kit", {}).get("tensor_dig")
+        if not found:
+            continue
+        base = e["int8kit"]["sqnr_db"]
+        single = sorted(
+            ((k, v) for k, v in found.items() if k != "every tensor" and v["sqnr_db"] is not None),
+            key=lambda kv: -kv[1]["sqnr_db"],
+        )[:top]
+        best = "; ".join(
+            f"`{k}` (amax {v['amax'][0]:.3g} -> {v['amax'][1]:.3g}): {v['sqnr_db']:.1f}"
+            for k, v in single
+        )
+        every = found["every tensor"]["sqnr_db"]
+        lines.append(f"| {n} | {base:.1f} | {every:.1f} | {len(found) - 1} | {best} |")
+    if not lines:
+        return ""
+    return (
+        "\n## Which tensor's range loses (--dig-tensors)\n\nThe default's own ranges (--ranges) "
+        "with the amax of one activation tensor raised to the largest |value| calibration saw "
+        "(the mse range replaced by the minmax one), one run per tensor; worst-output SQNR dB."
+        "\n\n| model | default | every tensor at max | tensors | best single tensors |\n"
+        "|---|---|---|---|---|\n" + "\n".join(lines) + "\n"
+    )
+
+
 def counts(rows: list[dict]) -> str:
     """The summary line; rows where int8kit's SQNR is infinite (an output it reproduces exactly:
     the onnx_light test models' saturated softmax) are left out of the counts."""
@@ -545,6 +616,7 @@ def write_results(left_out: dict[str, str]) -> str:
         md += "\nNot run: " + "; ".join(f"{k} ({v})" for k, v in left_out.items()) + ".\n"
     if dig:
         md += "\n## int8kit with one option of the default off (worst-output SQNR, dB)\n\n" + dig
+    md += tensor_table(entries)
     (RESULTS / "sweep_peers.md").write_text(_relative(md))
     return md
 
@@ -556,6 +628,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-sweep-seconds", type=float, default=MAX_SWEEP_SECONDS)
     ap.add_argument("--redo", action="store_true", help="run again what has a result")
     ap.add_argument("--dig", nargs="+", choices=list(BY_NAME), help="int8kit variants on these")
+    ap.add_argument(
+        "--dig-tensors", nargs="+", choices=list(BY_NAME), help="one tensor's range at a time"
+    )
     ap.add_argument("--table", action="store_true", help="only rewrite the results")
     args = ap.parse_args(argv)
     os.chdir(ROOT)
@@ -568,6 +643,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.dig:
             for n in args.dig:
                 run_model(n, list(VARIANTS), args.timeout, args.redo)
+        elif args.dig_tensors:
+            for n in args.dig_tensors:
+                dig_tensors(n, args.timeout)
         else:
             for n in names:
                 run_model(n, ["int8kit", *PEERS], args.timeout, args.redo)
