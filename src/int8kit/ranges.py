@@ -106,7 +106,9 @@ class Ranges:
                     f"{path}: tensor {name!r} has no amax (its entry is {t!r}); each tensor "
                     'needs {"amax": <positive number>}'
                 )
-            stats = {k: t[k] for k in ("count", "min", "max", "nan", "inf", "shift", "of") if k in t}
+            stats = {
+                k: t[k] for k in ("count", "min", "max", "nan", "inf", "shift", "of") if k in t
+            }
             candidates = t.get("candidates", {})
             if not isinstance(candidates, dict):
                 raise Int8kitError(f"{path}: tensor {name!r}: 'candidates' must be an object")

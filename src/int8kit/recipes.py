@@ -22,6 +22,7 @@ class Recipe:
     equalize: bool = False  # cross-layer equalization
     equalize_depthwise: bool = False  # per-channel ranges of depthwise inputs (gated)
     center_one_sided: bool = False  # zero point of one-sided inputs folded into the bias
+    max_pool_max: bool = False  # inputs of MaxPool keep their calibration max (not clipped)
     why: str = ""
 
     def to_dict(self) -> dict:
@@ -41,10 +42,14 @@ DEFAULTS: dict[str, Recipe] = {
     # (chosen on the zoo's two transformers) did worse on each left-out transformer than the one
     # recipe chosen on all models, so both rows are equal; SmoothQuant (+0.12 nearest-neighbour
     # agreement on MiniLM) cost ViT-S and EfficientNet-Lite0 (-0.03, -0.04) and stays opt-in.
+    # MaxPool inputs keep their calibration max: a max pool passes on exactly the largest values,
+    # the ones mse clips (benchmarks/results/sweep_peers.md: DNSMOS P.808, whose Relu -> MaxPool
+    # -> global max clipped by mse alone cost 10 dB; AECMOS).
     "conv": Recipe(
         "mse",
         equalize_depthwise=True,
         center_one_sided=True,
+        max_pool_max=True,
         why="ranges that minimise the int8 error of each tensor's histogram, per-channel ranges "
         "for depthwise inputs where held-out samples show a clear gain, one-sided inputs of 1x1 "
         "convs and projections centred, bias correction and the stem float: the best rank on "
@@ -54,6 +59,7 @@ DEFAULTS: dict[str, Recipe] = {
         "mse",
         equalize_depthwise=True,
         center_one_sided=True,
+        max_pool_max=True,
         why="the same: on each left-out transformer it beat a transformer-only choice "
         "(MiniLM 0.953 vs 0.883 nearest-neighbour agreement, ViT-S IoU 0.761 vs 0.709)",
     ),

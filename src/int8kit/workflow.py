@@ -129,6 +129,9 @@ class QuantizeConfig:
     # centred (X - c) with c folded into those layers' biases, so the symmetric int8 scale covers
     # only the values that occur (onnx/center.py). None: as the default recipe says.
     center_one_sided: bool | None = None
+    # Inputs of MaxPool keep their whole calibrated range (max |x|) where the method clipped
+    # them: a max pool passes on exactly the largest values. None: as the default recipe says.
+    max_pool_max: bool | None = None
     # SmoothQuant (onnx/smoothquant.py): move activation outliers into the weights of MatMul/Gemm
     # layers before calibration. A float alpha in [0, 1], "auto" (per activation), None: off.
     smooth_quant: float | str | None = None
@@ -264,6 +267,7 @@ class QuantizeConfig:
             "equalize": self.equalize,
             "equalize_depthwise": self.equalize_depthwise,
             "center_one_sided": self.center_one_sided,
+            "max_pool_max": self.max_pool_max,
             "smooth_quant": self.smooth_quant,
             "adaround": self.adaround,
             "adaround_seconds": self.adaround_seconds,
@@ -298,6 +302,7 @@ class QuantizeConfig:
             equalize=d.get("equalize", False),
             equalize_depthwise=d.get("equalize_depthwise", False),  # older runs: none
             center_one_sided=d.get("center_one_sided", False),
+            max_pool_max=d.get("max_pool_max", False),  # runs before the key existed clipped
             smooth_quant=d.get("smooth_quant"),  # runs before these keys existed had neither
             adaround=d.get("adaround", False),
             adaround_seconds=d.get("adaround_seconds", 60.0),
@@ -347,6 +352,8 @@ class QuantizeResult:
     # quantized activations most of whose non-zero values int8 rounds to 0 (calib.underflow):
     # name -> share, min, max, amax, readers (nodes)
     rounds_to_zero: dict = field(default_factory=dict)
+    # MaxPool inputs given their calibration max (max_pool_max): name -> [clipped amax, max]
+    max_pool_max: dict = field(default_factory=dict)
 
 
 def calibrate(
@@ -403,6 +410,24 @@ def calibrate(
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         found = pool.map(tensor_range, collectors.items())
         return Ranges(tensors=dict(zip(collectors, found, strict=True)))
+
+
+def max_pool_inputs_at_max(model, placement, ranges: Ranges) -> dict:
+    """Give the quantized inputs of MaxPool nodes their calibration max |x| where the range
+    method clipped them below it, in place: a max pool passes on exactly the largest values, so
+    a clipped range saturates what it outputs. Returns {tensor: [clipped amax, max]}."""
+    pools = {n.name for n in model.graph.node if n.op_type == "MaxPool"}
+    raised = {}
+    for name, readers in placement.activations.items():
+        r = ranges.tensors.get(name)
+        if r is None or not any(node in pools for node, _ in readers):
+            continue
+        ends = [abs(v) for v in (r.stats.get("min"), r.stats.get("max")) if v is not None]
+        top = max(ends, default=0.0)
+        if math.isfinite(top) and top > r.amax:
+            raised[name] = [r.amax, top]
+            r.amax, r.method = top, "minmax"
+    return raised
 
 
 def rounds_to_zero(model, ranges: Ranges, placement, share: float = underflow.WARN_SHARE) -> dict:
@@ -613,6 +638,8 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         result.images_skipped = calib_src.stats.skipped
         result.images_dropped = calib_src.stats.dropped
         result.skipped_files = list(calib_src.stats.skipped_files)
+    if placement is not None and config.max_pool_max and not config.ranges:
+        result.max_pool_max = max_pool_inputs_at_max(model, placement, ranges)
     ranges.config = config.to_dict()
     result.tensors_calibrated = len(ranges.tensors)
     result.nonfinite = ranges.nonfinite()
@@ -740,6 +767,7 @@ def _apply_recipe(config: QuantizeConfig, model, result: QuantizeResult) -> Quan
     fam, recipe = default_recipe(model)
     result.recipe = {"family": fam, **recipe.to_dict()}
     sq, dw, ctr = config.smooth_quant, config.equalize_depthwise, config.center_one_sided
+    mp = recipe.max_pool_max if config.max_pool_max is None else config.max_pool_max
     if not config.write_cache and config.data is not None:
         sq = recipe.smooth_quant if sq is None else sq
         dw = recipe.equalize_depthwise if dw is None else dw
@@ -752,6 +780,7 @@ def _apply_recipe(config: QuantizeConfig, model, result: QuantizeResult) -> Quan
         equalize=config.equalize or recipe.equalize,
         equalize_depthwise=bool(dw),
         center_one_sided=bool(ctr),
+        max_pool_max=bool(mp),
     )
 
 

@@ -50,7 +50,9 @@ def test_quantize_writes_three_outputs_and_leaves_the_input_alone(chain, tmp_pat
     assert set(cache.scales) == expected == set(ranges.tensors)
     for name, t in ranges.tensors.items():
         assert cache.scales[name] == pytest.approx(t.amax / 127, rel=1e-6)
-        assert t.method == want and t.stats["count"] > 0 and t.stats["nan"] == 0
+        # a MaxPool input the recipe gave its calibration max (max_pool_max) says so
+        assert t.method == ("minmax" if name in r.max_pool_max else want)
+        assert t.stats["count"] > 0 and t.stats["nan"] == 0
     raw = json.load(open(cfg.ranges_path))
     # auto is written resolved (recipes.py), so the ranges file repeats the run exactly
     assert raw["config"]["calib"]["method"] == want and r.method == want
@@ -215,3 +217,52 @@ def test_config_validation_messages(tmp_path):
         QuantizeConfig("m.onnx", "o.onnx")
     with pytest.raises(ValueError, match="input stays as it is"):
         QuantizeConfig("m.onnx", "m.onnx", data=DataConfig("d.npz"))
+
+
+def conv_relu_maxpool_conv():
+    """x -> Conv -> Relu -> MaxPool(2x2) -> Conv: the Relu output is a quantized MaxPool input."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node(
+            "MaxPool", ["r1"], ["p1"], name="pool", kernel_shape=[2, 2], strides=[2, 2]
+        ),
+        helper.make_node("Conv", ["p1", "w2"], ["y"], name="conv2"),
+    ]
+    inits = [models.weight("w1", (8, 3, 3, 3), 1), models.weight("w2", (4, 8, 1, 1), 2)]
+    return models.model(
+        nodes, [models.value("x", ("N", 3, 16, 16))], [models.value("y", ("N", 4, 8, 8))], inits
+    )
+
+
+@pytest.mark.parametrize("flag", [None, False])
+def test_the_default_recipe_gives_max_pool_inputs_their_calibration_max(tmp_path, flag):
+    # Gaussian inputs, 65k Relu outputs: mse clips their thin tail (~0.9 of the max). A max
+    # pool passes on exactly those largest values, so the default recipe keeps them (max_pool_max); the pool's
+    # own output and the other tensors keep mse's range. Turned off, the input stays clipped.
+    model = models.save(conv_relu_maxpool_conv(), tmp_path / "pool.onnx")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    out = tmp_path / "pool.int8.onnx"
+    r = quantize_onnx(
+        QuantizeConfig(
+            model,
+            str(out),
+            data=DataConfig(str(tmp_path / "calib.npz")),
+            holdout=0,
+            max_pool_max=flag,
+        )
+    )
+    ranges = Ranges.read(out.with_suffix(".ranges.json"))
+    relu = ranges.tensors["r1"]
+    top = max(abs(relu.stats["min"]), abs(relu.stats["max"]))
+    assert json.loads(out.with_suffix(".ranges.json").read_text())["config"]["max_pool_max"] is (
+        flag is None
+    )
+    if flag is None:
+        assert relu.amax == pytest.approx(top) and relu.method == "minmax"
+        assert r.max_pool_max["r1"][0] < 0.95 * top  # what mse had picked
+        assert ranges.tensors["p1"].method == "mse" and ranges.tensors["p1"].amax < top
+    else:
+        assert relu.amax < 0.95 * top and relu.method == "mse" and not r.max_pool_max

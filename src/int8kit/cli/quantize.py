@@ -146,6 +146,14 @@ def register(sub) -> None:
         "function). --no-center-one-sided turns the default recipe's choice off",
     )
     g.add_argument(
+        "--max-pool-max",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="inputs of MaxPool keep their calibration max instead of the method's clipped "
+        "range (a max pool passes on exactly the largest values). --method auto does it by "
+        "default, --no-max-pool-max turns it off",
+    )
+    g.add_argument(
         "--smooth-quant",
         nargs="?",
         const="auto",
@@ -283,6 +291,7 @@ def build_config(args: argparse.Namespace, write_qdq: bool = True):
             equalize=getattr(args, "equalize", False),
             equalize_depthwise=getattr(args, "equalize_depthwise", None),
             center_one_sided=getattr(args, "center_one_sided", None),
+            max_pool_max=getattr(args, "max_pool_max", None),
             smooth_quant=getattr(args, "smooth_quant", None),
             adaround=getattr(args, "adaround", False),
             adaround_seconds=getattr(args, "adaround_seconds", 60.0),
