@@ -129,8 +129,8 @@ class QuantizeConfig:
     # centred (X - c) with c folded into those layers' biases, so the symmetric int8 scale covers
     # only the values that occur (onnx/center.py). None: as the default recipe says.
     center_one_sided: bool | None = None
-    # Inputs of MaxPool keep their whole calibrated range (max |x|) where the method clipped
-    # them: a max pool passes on exactly the largest values. None: as the default recipe says.
+    # Inputs of MaxPool reach as far as the pool's output range where the method clipped them
+    # below it: a max pool passes on the largest values. None: as the default recipe says.
     max_pool_max: bool | None = None
     # SmoothQuant (onnx/smoothquant.py): move activation outliers into the weights of MatMul/Gemm
     # layers before calibration. A float alpha in [0, 1], "auto" (per activation), None: off.
@@ -352,7 +352,7 @@ class QuantizeResult:
     # quantized activations most of whose non-zero values int8 rounds to 0 (calib.underflow):
     # name -> share, min, max, amax, readers (nodes)
     rounds_to_zero: dict = field(default_factory=dict)
-    # MaxPool inputs given their calibration max (max_pool_max): name -> [clipped amax, max]
+    # MaxPool inputs raised to the pool output's range (max_pool_max): name -> [amax, raised]
     max_pool_max: dict = field(default_factory=dict)
 
 
@@ -413,20 +413,23 @@ def calibrate(
 
 
 def max_pool_inputs_at_max(model, placement, ranges: Ranges) -> dict:
-    """Give the quantized inputs of MaxPool nodes their calibration max |x| where the range
-    method clipped them below it, in place: a max pool passes on exactly the largest values, so
-    a clipped range saturates what it outputs. Returns {tensor: [clipped amax, max]}."""
-    pools = {n.name for n in model.graph.node if n.op_type == "MaxPool"}
+    """Raise the range of each quantized MaxPool input to that of the pool's output where the
+    method clipped the input below it, in place: a max pool passes on the largest values, so the
+    output's own range (mse on what the pool keeps) says how far the input must reach; a range
+    clipped below it saturates exactly the values that go on. Returns {tensor: [amax, raised]}."""
+    pools = {n.name: n for n in model.graph.node if n.op_type == "MaxPool"}
     raised = {}
     for name, readers in placement.activations.items():
         r = ranges.tensors.get(name)
-        if r is None or not any(node in pools for node, _ in readers):
+        outs = [pools[node].output[0] for node, _ in readers if node in pools]
+        if r is None or not outs:
             continue
+        reach = max((ranges.tensors[o].amax for o in outs if o in ranges.tensors), default=0.0)
         ends = [abs(v) for v in (r.stats.get("min"), r.stats.get("max")) if v is not None]
-        top = max(ends, default=0.0)
+        top = min(reach, max(ends, default=0.0))  # never past the input's own max
         if math.isfinite(top) and top > r.amax:
             raised[name] = [r.amax, top]
-            r.amax, r.method = top, "minmax"
+            r.amax, r.method = top, f"{r.method}, raised to its MaxPool output's"
     return raised
 
 

@@ -149,9 +149,9 @@ def register(sub) -> None:
         "--max-pool-max",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="inputs of MaxPool keep their calibration max instead of the method's clipped "
-        "range (a max pool passes on exactly the largest values). --method auto does it by "
-        "default, --no-max-pool-max turns it off",
+        help="inputs of MaxPool reach as far as the range of the pool's output where the "
+        "method clipped them below it (a max pool passes on the largest values). --method auto "
+        "does it by default, --no-max-pool-max turns it off",
     )
     g.add_argument(
         "--smooth-quant",
