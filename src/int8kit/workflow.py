@@ -412,7 +412,7 @@ def calibrate(
         return Ranges(tensors=dict(zip(collectors, found, strict=True)))
 
 
-def max_pool_inputs_at_max(model, placement, ranges: Ranges) -> dict:
+def raise_max_pool_inputs(model, placement, ranges: Ranges) -> dict:
     """Raise the range of each quantized MaxPool input to that of the pool's output where the
     method clipped the input below it, in place: a max pool passes on the largest values, so the
     output's own range (mse on what the pool keeps) says how far the input must reach; a range
@@ -642,7 +642,7 @@ def quantize_onnx(config: QuantizeConfig) -> QuantizeResult:
         result.images_dropped = calib_src.stats.dropped
         result.skipped_files = list(calib_src.stats.skipped_files)
     if placement is not None and config.max_pool_max and not config.ranges:
-        result.max_pool_max = max_pool_inputs_at_max(model, placement, ranges)
+        result.max_pool_max = raise_max_pool_inputs(model, placement, ranges)
     ranges.config = config.to_dict()
     result.tensors_calibrated = len(ranges.tensors)
     result.nonfinite = ranges.nonfinite()

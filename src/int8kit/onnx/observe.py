@@ -456,7 +456,7 @@ def run_exposed(
     says the caller does little per batch (min/max, means)."""
     threads = _ort_threads(leave_one_core=not light_consumer)
     # CPU threads only matter where the CPU runs the model
-    on_cpu = all(p in ("CPUExecutionProvider",) for p in providers or ["CPUExecutionProvider"])
+    on_cpu = all(p == "CPUExecutionProvider" for p in providers or ["CPUExecutionProvider"])
     cores = _ort_threads(leave_one_core=False) if on_cpu else threads
     session = make_session(model, providers, threads=threads, outputs=names)
     inputs = {i.name for i in session.get_inputs()}
